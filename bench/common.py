@@ -1,0 +1,53 @@
+"""Shared helpers for the benchmarks in bench/: an in-process matmul reference and uniform printing.
+
+Every compute benchmark reports its FLOP efficiency against the fp32 matmul GFLOP/s measured in the same
+process, because absolute speeds drift between machines and runs (see README, Benchmarks).
+"""
+from __future__ import annotations
+import time
+from contextlib import contextmanager
+
+import torch
+
+_MATMUL_GFLOPS: float | None = None
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
+    "Best-of-`repeats` GFLOP/s of an n x n fp32 matmul on this process's threads (cached per process)"
+    global _MATMUL_GFLOPS
+    if _MATMUL_GFLOPS is not None and dtype == torch.float32 and str(device) == "cpu": return _MATMUL_GFLOPS
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter(); a @ b
+        if a.is_cuda: torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    g = 2 * n**3 / best / 1e9
+    if dtype == torch.float32 and str(device) == "cpu": _MATMUL_GFLOPS = g
+    return g
+
+
+def best_time(fn, repeats: int = 3, warmup: int = 1) -> float:
+    "Best wall time in seconds of `fn()` over `repeats` runs after `warmup` runs"
+    for _ in range(warmup): fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); best = min(best, time.perf_counter() - t)
+    return best
+
+
+def report(name: str, value: float, unit: str, goal: str = "") -> None:
+    "Print one benchmark figure on one line"
+    print(f"{name:<58s} {value:>12.2f} {unit:<10s} {goal}".rstrip(), flush=True)
+
+
+def efficiency(flops_per_item: float, items_per_s: float) -> float:
+    "Share (percent) of the in-process matmul GFLOP/s that a workload of `flops_per_item` reaches"
+    return 100 * flops_per_item * items_per_s / 1e9 / matmul_gflops()
+
+
+@contextmanager
+def section(title: str):
+    print(f"\n== {title} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
+    yield
