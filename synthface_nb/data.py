@@ -55,6 +55,12 @@ class FaceDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int: return len(self.classes)
     def __len__(self) -> int: return len(self.labels)
     def load_image(self, i: int) -> np.ndarray: raise NotImplementedError
+    def encoded_image(self, i: int) -> bytes | None:
+        "The stored encoded bytes of image `i` when the dataset keeps them (packing copies them as they are)"
+        return None
+    def source(self, i: int) -> str:
+        "Where image `i` comes from, for error messages"
+        return f"{type(self).__name__} image {i}"
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.ascontiguousarray(self.load_image(i).transpose(2, 0, 1))), int(self.labels[i])
 
@@ -129,6 +135,8 @@ class ImageFolderDataset(FaceDataset):
         self.paths, self.labels, self.classes, self.report = scan_image_folder(root, verify, skip_bad, max_per_class)
 
     def load_image(self, i: int) -> np.ndarray: return decode_image(self.paths[i])
+    def encoded_image(self, i: int) -> bytes: return Path(self.paths[i]).read_bytes()
+    def source(self, i: int) -> str: return str(self.paths[i])
     def __repr__(self): return f"ImageFolderDataset({self.root}: {len(self)} images, {self.num_classes} identities)"
 
 # %% ../nbs/01_data.ipynb #f9a25c82

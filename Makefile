@@ -1,0 +1,40 @@
+# Two commands: `make run` (set up, fetch the data, run the pipeline) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup run test bench preset clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# pip, not uv or poetry: they ignore the local torch wheels and would download a CUDA build.
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# facenet-pytorch's metadata pins torch<2.3; its MTCNN works with ours, so it goes in without deps.
+	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/dvc pull
+	$(BIN)/dvc repro
+
+test: setup
+	VENV=$(VENV) tools/check_sync.sh
+	$(BIN)/nbdev-test
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+# Apply a preset from params.yaml (e.g. `make preset PRESET=paper_sface`); `git checkout params.yaml` undoes it.
+preset: setup
+	$(BIN)/python -m synthface_nb.pipeline preset $(PRESET)
+
+clean-venv:
+	rm -rf $(VENV)
