@@ -1,0 +1,205 @@
+"""Evaluation against independent, straightforward implementations (the loops of insightface's verification.py),
+hand-built cases, the ONNX round trip, and the evaluate / audit / report stage notebooks run by papermill."""
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthface_nb.backbones import iresnet18
+from synthface_nb.data import encode_image, save_image
+from synthface_nb.fr_models import TorchFRModel, load_fr_model, save_fr_model
+from synthface_nb.verification import (THRESHOLDS, VAL_THRESHOLDS, embed_flip_sum, fold_accuracies, kfold_bounds,
+                                       load_benchmark, val_at_far, verification_metrics, verify)
+from synthface_nb.verification_bin import write_bin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- an independent reference, written with loops
+def _loop_accuracy(threshold, dist, issame):
+    predict = dist < threshold
+    tp = np.sum(predict & issame); tn = np.sum(~predict & ~issame)
+    return (tp + tn) / dist.size
+
+
+def _loop_far_val(threshold, dist, issame):
+    predict = dist < threshold
+    n_same, n_diff = issame.sum(), (~issame).sum()
+    val = np.sum(predict & issame) / n_same if n_same else np.nan
+    far = np.sum(predict & ~issame) / n_diff if n_diff else 0.0
+    return val, far
+
+
+def _loop_folds(n, k):
+    "Contiguous folds as scikit-learn KFold(k, shuffle=False), built with np.array_split"
+    idx = np.arange(n)
+    for test in np.array_split(idx, k):
+        yield np.setdiff1d(idx, test), test
+
+
+def loop_evaluate(emb, issame, k=10, far_target=1e-3):
+    "insightface's evaluate(): per-threshold Python loops, argmax on the training folds"
+    e1, e2 = emb[0::2], emb[1::2]
+    dist = np.sum(np.square(e1 - e2), 1)
+    accs, vals = [], []
+    for train, test in _loop_folds(len(dist), k):
+        acc_train = [_loop_accuracy(t, dist[train], issame[train]) for t in THRESHOLDS]
+        accs.append(_loop_accuracy(THRESHOLDS[int(np.argmax(acc_train))], dist[test], issame[test]))
+        far_train = np.array([_loop_far_val(t, dist[train], issame[train])[1] for t in VAL_THRESHOLDS])
+        if far_train.max() >= far_target:
+            # the reference's interp1d(far_train, thresholds, 'slinear') on the distinct FAR values (first threshold each)
+            from scipy.interpolate import interp1d
+            keep = np.r_[True, np.diff(far_train) > 0]
+            thr = float(interp1d(far_train[keep], VAL_THRESHOLDS[keep], kind="slinear")(far_target))
+        else:
+            thr = 0.0
+        vals.append(_loop_far_val(thr, dist[test], issame[test])[0])
+    vals = np.array(vals)
+    return np.array(accs), np.nanmean(vals)
+
+
+def _normalise(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n_pairs,seed", [(600, 0), (1003, 1), (250, 2)])
+def test_vectorised_protocol_matches_loops(n_pairs, seed):
+    rng = np.random.default_rng(seed)
+    issame = rng.random(n_pairs) < 0.5
+    a = rng.normal(size=(n_pairs, 16))
+    b = np.where(issame[:, None], a + rng.normal(scale=0.9, size=a.shape), rng.normal(size=a.shape))
+    emb = _normalise(np.stack([a, b], 1).reshape(-1, 16))
+    accs, val = loop_evaluate(emb, issame)
+    ours = verification_metrics(emb, issame)
+    assert ours["fold_accuracies"] == accs.tolist()              # identical, not merely close
+    assert ours["accuracy"] == accs.mean() and ours["accuracy_std"] == accs.std()
+    assert ours["val"] == pytest.approx(val, abs=1e-12)
+    assert 0.55 < ours["accuracy"] < 0.99                        # a case where the threshold search matters
+
+
+def test_known_best_threshold_and_accuracy():
+    # 30 pairs in 10 folds of 3: genuine at 0.8, impostors at 2.0 and 2.5; in fold 6 one genuine pair sits at 2.2
+    dist = np.tile([0.8, 2.0, 2.5], 10); dist[18] = 2.2
+    issame = np.tile([True, False, False], 10)
+    r = fold_accuracies(dist, issame)
+    # every training set is separated best by any threshold in (0.8, 2.0]: the search takes the first, 0.81
+    assert np.allclose(r["best_thresholds"], 0.81)
+    expected = np.ones(10); expected[6] = 2 / 3
+    assert np.allclose(r["accuracies"], expected)
+
+
+def test_fold_boundaries_follow_kfold():
+    # 23 pairs: folds of 3, 3, 3, then 2s. One wrong pair at index 8 lands in fold 2, at index 9 in fold 3.
+    assert kfold_bounds(23).tolist()[:4] == [[0, 3], [3, 6], [6, 9], [9, 11]]
+    for wrong, fold in [(8, 2), (9, 3), (22, 9)]:
+        dist = np.full(23, 0.5); issame = np.ones(23, bool)
+        issame[1::2] = False; dist[1::2] = 3.0
+        issame[wrong] = not issame[wrong]
+        acc = fold_accuracies(dist, issame)["accuracies"]
+        assert np.flatnonzero(acc < 1).tolist() == [fold]
+
+
+def test_fold_without_genuine_pairs_is_not_a_crash():
+    dist = np.r_[np.full(10, 3.0), np.tile([0.5, 3.0], 45)]
+    issame = np.r_[np.zeros(10, bool), np.tile([True, False], 45)]
+    v = val_at_far(dist, issame, far_target=0.01)
+    assert v["val_folds"] == 9 and np.isfinite(v["val"])
+
+
+# ---------------------------------------------------------------- embedding: batched flip vs the two-pass loop
+def _net():
+    torch.manual_seed(0)
+    return iresnet18(width=0.0625, embedding_size=16, input_size=56).eval()
+
+
+def loop_embed(net, images, batch_size):
+    "insightface's test(): originals and flips in separate passes, batch by batch, summed, then normalised"
+    out = []
+    for flip in (False, True):
+        data = images.flip(3) if flip else images
+        embs = []
+        with torch.no_grad():
+            for a in range(0, len(data), batch_size):
+                x = ((data[a:a + batch_size].float() / 255) - 0.5) / 0.5
+                embs.append(net(x).double().numpy())
+        out.append(np.concatenate(embs))
+    return _normalise(out[0] + out[1])
+
+
+def test_flip_sum_matches_two_pass_loop():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 56, 56), dtype=torch.uint8, generator=g)
+    net = _net()
+    ours, _ = embed_flip_sum(net, images, batch_size=12)
+    ref = loop_embed(net, images, batch_size=8)
+    assert np.abs(ours - ref).max() < 1e-5
+    # and end to end: our evaluator's fold accuracies are the loop reference's on the loop's embeddings
+    issame = np.arange(12) % 2 == 0
+    assert verification_metrics(ours, issame)["fold_accuracies"] == loop_evaluate(ref, issame)[0].tolist()
+
+
+# ---------------------------------------------------------------- ONNX
+def test_onnx_export_round_trip(tmp_path):
+    from synthface_nb.onnx_models import OnnxFRModel, export_onnx
+    net = _net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(TorchFRModel(net, (56, 56)), tmp_path / "m.onnx")
+    onnx_model = load_fr_model(tmp_path / "m.onnx")
+    assert isinstance(onnx_model, OnnxFRModel)
+    x = torch.rand(7, 3, 112, 112) * 2 - 1
+    assert torch.allclose(onnx_model.embed(x), TorchFRModel(net, (56, 56)).embed(x), atol=1e-4)
+
+
+# ---------------------------------------------------------------- stage notebooks, run as the pipeline runs them
+def _toy_workspace(root: Path):
+    rng = np.random.default_rng(0)
+    def face(): return np.repeat(np.repeat(rng.integers(0, 256, (8, 8, 3)), 14, 0), 14, 1)
+    def noisy(im): return np.clip(im + rng.normal(0, 8, im.shape), 0, 255).astype(np.uint8)
+    imgs, same = [], np.tile(np.repeat([True, False], 2), 10)
+    for s in same:
+        a = face(); imgs += [noisy(a), noisy(a if s else face())]
+    write_bin(root / "bench" / "procedural.bin", [encode_image(i) for i in imgs], same)
+    torch.manual_seed(0)
+    save_fr_model(root / "models" / "teacher" / "model.pt", _net(), method="teacher", preset="cpu")
+    save_fr_model(root / "models" / "cls" / "model.pt", _net(), method="SFace-CLS", preset="cpu")
+    bases = [face() for _ in range(6)]
+    for k in range(6):
+        for i in range(3): save_image(root / "auth" / f"{k:04d}" / f"{i}.png", noisy(bases[k]))
+    for k in range(3):
+        for i in range(3): save_image(root / "gen" / "images" / f"{k:06d}" / f"{i:06d}.png", noisy(bases[k] if k == 0 else face()))
+
+
+def _papermill(stage, cwd, *params):
+    args = [Path(sys.executable).parent / "papermill", ROOT / "nbs" / "stages" / f"{stage}.ipynb",
+            cwd / "runs" / f"{stage}.ipynb", "--log-level", "WARNING"]
+    for k, v in params: args += ["-p", k, v]
+    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert res.returncode == 0, f"stage {stage} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+
+
+def test_stage_notebooks_evaluate_audit_report(tmp_path):
+    _toy_workspace(tmp_path)
+    (tmp_path / "runs").mkdir()
+    _papermill("evaluate", tmp_path, ("models", "models/*/model.pt"), ("benchmarks", "bench"), ("out_dir", "out/evaluate"))
+    _papermill("audit", tmp_path, ("generated", "gen/images"), ("authentic", "auth"), ("model", "models/teacher/model.pt"),
+               ("out_dir", "out/audit"), ("fmr", "0.05"))
+    _papermill("report", tmp_path, ("evaluate_dir", "out/evaluate"), ("audit_dir", "out/audit"), ("out_dir", "out/report"))
+    metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
+    assert sorted(metrics) == ["cls", "teacher"] and list(metrics["cls"]) == ["procedural"]
+    direct = verify(load_fr_model(tmp_path / "models" / "cls" / "model.pt"),
+                    *load_benchmark(tmp_path / "bench" / "procedural.bin"), "procedural")
+    assert metrics["cls"]["procedural"]["accuracy"] == direct.accuracy
+    audit = json.loads((tmp_path / "out" / "audit" / "audit.json").read_text())
+    assert list(audit["sets"]) == ["gen"] and audit["sets"]["gen"]["n_identities"] == 3
+    leak = json.loads((tmp_path / "out" / "audit" / "gen" / "leakage.json").read_text())
+    assert leak["top_pairs"][0]["synthetic"] == "000000" and leak["top_pairs"][0]["authentic"] == "0000"
+    md = (tmp_path / "out" / "report" / "results.md").read_text()
+    assert "| cls | SFace-CLS | cpu |" in md and "| gen |" in md
+    assert (tmp_path / "out" / "report" / "results.png").stat().st_size > 0
