@@ -1,0 +1,61 @@
+"""The procedural face set as files: byte-identical across processes and thread counts, rewritable
+atomically, within the size budget of the embedded data, with paired NIR folders."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from synthface_nb.align import read_landmarks
+from synthface_nb.data import ImageFolderDataset, decode_image
+from synthface_nb.procedural import render_faces, write_procedural_dataset
+
+TRIPLES = ([0, 5, 17, 1000], [0, 3, 11, 2])
+
+
+def _digest(r) -> str:
+    return hashlib.sha256(r.images.tobytes() + r.nir.tobytes() + np.round(r.landmarks, 6).tobytes()).hexdigest()
+
+
+def test_same_bytes_in_another_process_with_one_thread():
+    code = ("import torch, hashlib, numpy as np; torch.set_num_threads(1)\n"
+            "from synthface_nb.procedural import render_faces\n"
+            f"r = render_faces(7, {TRIPLES[0]}, {TRIPLES[1]}, batch_size=3)\n"
+            "print(hashlib.sha256(r.images.tobytes() + r.nir.tobytes() + np.round(r.landmarks, 6).tobytes()).hexdigest())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == _digest(render_faces(7, *TRIPLES))
+
+
+def test_rewrite_gives_identical_files_and_replaces_the_folder(tmp_path):
+    write_procedural_dataset(tmp_path / "a", 3, 3, seed=2, progress=False)
+    (tmp_path / "a" / "stale.txt").write_text("from an earlier run")
+    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    write_procedural_dataset(tmp_path / "a", 3, 3, seed=2, progress=False)
+    second = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert Path("stale.txt") in first and Path("stale.txt") not in second
+    del first[Path("stale.txt")]
+    assert first == second
+    meta = json.loads((tmp_path / "a" / "procedural.json").read_text())
+    assert (meta["seed"], meta["n_images"], meta["difficulty"]) == (2, 9, 1.0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_default_set_fits_the_data_budget(tmp_path):
+    # The embedded data (data/ <= 10 MB) holds ~120 x 16 training and ~40 x 10 held-out images.
+    s = write_procedural_dataset(tmp_path / "s", 16, 4, seed=0, progress=False)
+    per_image = s["image_bytes"] / s["n_images"]
+    landmarks = (tmp_path / "s" / "landmarks.json").stat().st_size / s["n_images"]
+    assert (per_image + landmarks) * (120 * 16 + 40 * 10) < 10e6, (per_image, landmarks)
+
+
+def test_nir_folder_pairs_with_visible_folder(tmp_path):
+    write_procedural_dataset(tmp_path / "vis", 2, 3, seed=4, first_identity=50, image_format="png", with_nir=True, progress=False)
+    vis, nir = ImageFolderDataset(tmp_path / "vis"), ImageFolderDataset(tmp_path / "vis_nir")
+    assert vis.classes == nir.classes == ["000050", "000051"]
+    r = render_faces(4, [51], [2])
+    assert np.array_equal(decode_image(tmp_path / "vis" / "000051" / "000002.png"), r.images[0])
+    gray = decode_image(tmp_path / "vis_nir" / "000051" / "000002.png")
+    assert np.array_equal(gray[..., 0], r.nir[0]) and np.array_equal(gray[..., 0], gray[..., 2])
+    assert read_landmarks(tmp_path / "vis" / "landmarks.json").keys() == read_landmarks(tmp_path / "vis_nir" / "landmarks.json").keys()
