@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .core import Registry
 
 # %% auto #0
-__all__ = ['fr_model_formats', 'FRModel', 'resize_to', 'TorchFRModel', 'load_fr_model']
+__all__ = ['fr_model_formats', 'FRModel', 'resize_to', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint']
 
 # %% ../nbs/12_fr_models.ipynb #f6754fd8
 class FRModel:
@@ -65,3 +65,24 @@ def load_fr_model(path: str | Path, device: str | torch.device = "cpu", **kwargs
         raise ValueError(f"{path}: no FR-model loader for '.{suffix}' files; known: "
                          + ", ".join("." + n for n in fr_model_formats.names))
     return fr_model_formats.get(suffix)(path, device=device, **kwargs)
+
+# %% ../nbs/12_fr_models.ipynb #070b0995
+from .core import load_checkpoint, load_state_strict, save_checkpoint
+from .backbones import build_backbone
+
+# %% ../nbs/12_fr_models.ipynb #8b4c2476
+def save_fr_model(path: str | Path, backbone: torch.nn.Module, **meta) -> Path:
+    "Save `backbone` (an `IResNet` with a `spec`) and `meta` as an FR-model checkpoint at `path`"
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    return save_checkpoint(path, {"backbone": dict(backbone.spec), "model": state, "meta": meta}, kind="fr_model")
+
+@fr_model_formats.register("pt")
+def load_fr_checkpoint(path: str | Path, device: str | torch.device = "cpu", channels_last: bool = True) -> TorchFRModel:
+    "Rebuild the backbone stored in one of our `.pt` checkpoints as an `FRModel` on `device`"
+    ckpt = load_checkpoint(path)
+    if ckpt["kind"] not in ("fr_model", "fr_train"):
+        raise ValueError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected an FR model ('fr_model' or 'fr_train')")
+    net = build_backbone(ckpt["backbone"])
+    load_state_strict(net, ckpt["model"], source=str(path))
+    return TorchFRModel(net.to(device), input_size=net.input_size, embedding_dim=net.embedding_size,
+                        name=Path(path).stem, channels_last=channels_last)

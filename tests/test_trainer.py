@@ -1,0 +1,120 @@
+"""The FR trainer across processes: two `torchrun` ranks (gloo, CPU) end with identical weights; the stage command
+line writes a loadable model; a run resumed with data-loader workers repeats an uninterrupted run without them."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthface_nb.core import load_checkpoint
+from synthface_nb.data import ImageFolderDataset
+from synthface_nb.fr_models import load_fr_model
+from synthface_nb.trainer import TrainConfig, train_fr, write_color_folder
+
+TINY = dict(network="iresnet18", width=0.125, input_size=32, embedding_size=16, dropout=0.2, batch_size=4, lr_batch=4,
+            log_every=1, num_threads=1, objective_kwargs={"head": "cosface", "head_kwargs": {"s": 16.0, "m": 0.2}})
+
+
+def _env():
+    # one thread per process: two ranks share this machine's two cores
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def test_ddp_ranks_end_identical(tmp_path):
+    data = write_color_folder(tmp_path / "data", n_identities=4, per_identity=8, size=32)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from synthface_nb.data import ImageFolderDataset
+        from synthface_nb.distributed import init_distributed, shutdown_distributed
+        from synthface_nb.trainer import TrainConfig, train_fr
+
+        class DumpWeights:
+            main_only = False
+            def __call__(self, model, step):
+                torch.save({{k: p.detach().clone() for k, p in model.named_parameters()}},
+                           {str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.pt")
+
+        info, device = init_distributed("cpu")
+        cfg = TrainConfig(**{TINY!r}, epochs=1, num_workers=0)
+        train_fr(cfg, ImageFolderDataset({str(data)!r}), {str(tmp_path / "out")!r}, device=device,
+                 callbacks=[DumpWeights()], progress=False)
+        shutdown_distributed()
+    """))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                         env=_env(), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert sorted(w0) == sorted(w1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), [k for k in w0 if not torch.equal(w0[k], w1[k])]
+    ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt", kind="fr_train")
+    # 32 images, 4 per rank and 2 ranks: 4 global steps; the rank-0 checkpoint knows the world size and both RNG states
+    assert (ckpt["step"], ckpt["world_size"], len(ckpt["rng"])) == (4, 2, 2)
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
+
+
+def test_stage_command_line(tmp_path):
+    data = write_color_folder(tmp_path / "data", n_identities=3, per_identity=4, size=32)
+    out = tmp_path / "fr"
+    args = [sys.executable, "-m", "synthface_nb.fr_stages", "--data", str(data), "--out", str(out), "--device", "cpu",
+            "--set", "network='iresnet18'", "width=0.125", "input_size=32", "embedding_size=16", "epochs=1",
+            "batch_size=4", "num_workers=0", "num_threads=1", "progress=False"]
+    res = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["steps"], m["finished"], m["n_identities"]) == (3, True, 3)
+    fr = load_fr_model(out / "model.pt")
+    assert fr.embed(torch.zeros(2, 3, 112, 112)).shape == (2, 16)
+    bad = subprocess.run(args[:-1] + ["epoch=1"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown training parameter(s) epoch" in bad.stderr
+
+
+def test_resume_with_workers_matches_uninterrupted_run(tmp_path):
+    ds = ImageFolderDataset(write_color_folder(tmp_path / "data", n_identities=4, per_identity=8, size=32))
+    cfg = TrainConfig(**TINY, epochs=1)
+    straight = train_fr(cfg.replace(num_workers=0), ds, tmp_path / "a", device="cpu", progress=False)
+    train_fr(cfg.replace(num_workers=2), ds, tmp_path / "b", device="cpu", max_steps=5, progress=False)
+    resumed = train_fr(cfg.replace(num_workers=2), ds, tmp_path / "b", device="cpu", resume=True, progress=False)
+    assert resumed.finished and resumed.losses == straight.losses
+
+
+def test_two_view_objective_plugs_in_without_trainer_changes(tmp_path):
+    """A MoCo-like objective (two views of one identity, label-free, (logits, labels) + plain CE outside) is one
+    registered class: the trainer delivers its two views and trains it unchanged."""
+    import torch.nn.functional as F
+    from synthface_nb.objectives import Objective, objectives
+
+    seen = []
+
+    class TwoViewInfoNCE(Objective):
+        n_views, needs_labels, view_source = 2, False, "same_identity"
+
+        def __init__(self, ctx, temperature: float = 0.1):
+            super().__init__()
+            self.temperature = temperature
+
+        def logits_and_labels(self, backbone, views):
+            q, k = F.normalize(backbone(views[0])), F.normalize(backbone(views[1]))
+            return q @ k.T / self.temperature, torch.arange(len(q), device=q.device)
+
+        def forward(self, backbone, views, labels):
+            seen.append((len(views), bool((views[0] != views[1]).any())))
+            loss = F.cross_entropy(*self.logits_and_labels(backbone, views))
+            return loss, {"nce": loss.detach()}
+
+    objectives.register("two_view_demo")(TwoViewInfoNCE)
+    try:
+        ds = ImageFolderDataset(write_color_folder(tmp_path / "data", n_identities=4, per_identity=8, size=32))
+        cfg = TrainConfig(**{**TINY, "objective": "two_view_demo", "objective_kwargs": {"temperature": 0.2}}, epochs=1,
+                          num_workers=0)
+        res = train_fr(cfg, ds, tmp_path / "out", device="cpu", progress=False)
+    finally:
+        objectives._items.pop("two_view_demo")
+    assert res.finished and all(np.isfinite(res.losses)) and "nce" in res.history[-1]
+    assert seen[0] == (2, True)  # two different images of the same identity per sample
+    assert load_fr_model(tmp_path / "out" / "model.pt").embedding_dim == 16
