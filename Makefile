@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
+# dvc runs `papermill` from the stage commands: the venv comes first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test bench preset clean-venv
 
@@ -21,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/dvc pull
+	$(BIN)/dvc pull data.dvc
 	$(BIN)/dvc repro
 
 test: setup

@@ -73,12 +73,14 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
     return out
 
 def papermill_stage_parameters(cmd: str) -> tuple[str, dict[str, str]]:
-    "The input notebook and the `-p name value` pairs of a papermill command line"
+    "The input notebook and the parameters (`-p name value`, `-y 'name: value'`) of a papermill command line"
     args = shlex.split(cmd)
     if "papermill" not in Path(args[0]).name: raise ValueError(f"not a papermill command: {cmd!r}")
     params, i, positional = {}, 1, []
     while i < len(args):
         if args[i] in ("-p", "--parameters"): params[args[i + 1]] = args[i + 2]; i += 3
+        elif args[i] in ("-y", "--parameters_yaml"):
+            params.update({k: str(v) for k, v in yaml.safe_load(args[i + 1]).items()}); i += 2
         elif args[i].startswith("-"): i += 2 if args[i] in ("-k", "--kernel", "--cwd", "-f", "--parameters_file") else 1
         else: positional.append(args[i]); i += 1
     return positional[0], params

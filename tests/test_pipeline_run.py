@@ -45,7 +45,7 @@ def scratch_repo(tmp_path_factory):
 
 def test_dvc_pull_then_repro_prepare_then_noop(scratch_repo):
     repo, env = scratch_repo
-    _run([BIN / "dvc", "pull", "-q"], repo, env)
+    _run([BIN / "dvc", "pull", "-q", "data.dvc"], repo, env)
     assert any((repo / "data" / "authentic").iterdir())
     _run([BIN / "dvc", "repro", "-q", "prepare"], repo, env)
     assert (repo / "artifacts" / "prepare" / "benchmarks" / "procedural.bin").is_file()
