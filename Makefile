@@ -26,10 +26,11 @@ run: setup
 	$(BIN)/dvc pull data.dvc
 	$(BIN)/dvc repro
 
+# One BLAS thread per process: nbdev-test runs notebooks in parallel, and tiny ops on oversubscribed cores
+# run up to 100x slower.
 test: setup
 	VENV=$(VENV) tools/check_sync.sh
-	$(BIN)/nbdev-test
-	$(BIN)/pytest
+	export OMP_NUM_THREADS=1; $(BIN)/nbdev-test && $(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -124,8 +124,11 @@ class Registry:
         "Decorator registering a class or function under `name` (default: its lower-case name)"
         def _reg(obj):
             key = (name or obj.__name__).lower()
-            if key in self._items and self._items[key] is not obj:
-                raise KeyError(f"{self.family} '{key}' is registered twice")
+            old = self._items.get(key)
+            # a notebook re-running its cell, or the exported copy of a notebook's class, replaces it;
+            # two different things under one name is a bug
+            if old is not None and old is not obj and getattr(old, "__qualname__", None) != getattr(obj, "__qualname__", None):
+                raise KeyError(f"{self.family} '{key}' is registered twice ({old.__qualname__} and {obj.__qualname__})")
             self._items[key] = obj
             return obj
         return _reg
