@@ -16,7 +16,7 @@ import torch
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'save_checkpoint',
            'load_checkpoint', 'load_state_strict', 'Registry', 'derive_seed', 'sample_rng', 'torch_generator',
-           'seed_everything', 'seed_worker', 'resolve_device', 'file_digest']
+           'seed_everything', 'seed_worker', 'evaluating', 'resolve_device', 'file_digest']
 
 # %% ../nbs/00_core.ipynb #cf864198
 @contextlib.contextmanager
@@ -176,6 +176,17 @@ def seed_worker(worker_id: int) -> None:
     import random
     s = torch.initial_seed() % 2**32
     random.seed(s); np.random.seed(s)
+
+# %% ../nbs/00_core.ipynb #0a1f4f22
+@contextlib.contextmanager
+def evaluating(model) -> Iterator[Any]:
+    "Eval mode for a torch module (or the `.module` of a wrapper) inside the block; every submodule's mode is restored after"
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "module", None)
+    modes = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
+    if modes: module.eval()
+    try: yield model
+    finally:
+        for m, training in modes: m.train(training)
 
 # %% ../nbs/00_core.ipynb #dd934b81
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -11,7 +11,8 @@ from collections import Counter
 import numpy as np
 
 from .core import Registry
-from .quality import ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA, arcbifacegan_thresholds, best_matches, class_centres
+from .fr_models import class_centres
+from .quality import ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA, arcbifacegan_thresholds, best_matches
 
 # %% auto #0
 __all__ = ['filters', 'EmbeddingFilter', 'reason_counts', 'PrivacyDiversityFilter', 'LeakageFilter']

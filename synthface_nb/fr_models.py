@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from .core import Registry
 
 # %% auto #0
-__all__ = ['fr_model_formats', 'FRModel', 'resize_to', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint']
+__all__ = ['fr_model_formats', 'FRModel', 'resize_to', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint',
+           'class_centres']
 
 # %% ../nbs/12_fr_models.ipynb #f6754fd8
 class FRModel:
@@ -55,12 +56,18 @@ class TorchFRModel(FRModel):
 
 # %% ../nbs/12_fr_models.ipynb #84fc4ada
 fr_model_formats = Registry("FR model file format")
+# modules that register a format when imported; imported on first use so that, e.g., onnxruntime loads only
+# for ONNX files
+_FORMAT_MODULES = {"onnx": "synthface_nb.onnx_models"}
 
 def load_fr_model(path: str | Path, device: str | torch.device = "cpu", **kwargs) -> FRModel:
     "Load the FR model stored at `path` with the loader registered for its suffix"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: no such FR model file")
     suffix = path.suffix.lower().lstrip(".")
+    if suffix not in fr_model_formats and suffix in _FORMAT_MODULES:
+        import importlib
+        importlib.import_module(_FORMAT_MODULES[suffix])
     if suffix not in fr_model_formats:
         raise ValueError(f"{path}: no FR-model loader for '.{suffix}' files; known: "
                          + ", ".join("." + n for n in fr_model_formats.names))
@@ -86,3 +93,16 @@ def load_fr_checkpoint(path: str | Path, device: str | torch.device = "cpu", cha
     load_state_strict(net, ckpt["model"], source=str(path))
     return TorchFRModel(net.to(device), input_size=net.input_size, embedding_dim=net.embedding_size,
                         name=Path(path).stem, channels_last=channels_last)
+
+# %% ../nbs/12_fr_models.ipynb #04352617
+import numpy as np
+
+def class_centres(embeddings, labels, n_classes: int | None = None) -> np.ndarray:
+    "L2-normalised per-class mean of the L2-normalised `embeddings` (n, d); a class without samples gets a zero row"
+    e = np.asarray(embeddings, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    labels = np.asarray(labels)
+    n = int(n_classes if n_classes is not None else labels.max() + 1)
+    sums = np.zeros((n, e.shape[1])); np.add.at(sums, labels, e)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1)).astype(np.float32)

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from .core import sample_rng, torch_generator
 from .data import FaceDataset, to_float_images
-from .fr_models import FRModel, TorchFRModel
+from .fr_models import FRModel, TorchFRModel, class_centres
 from .generators import FaceGenerator
 
 # %% auto #0
-__all__ = ['kid', 'thumbnail_features', 'class_centres', 'identity_accuracy', 'ProbeNet', 'train_probe', 'embed_dataset',
-           'generator_scores', 'probe_scorer']
+__all__ = ['kid', 'thumbnail_features', 'identity_accuracy', 'ProbeNet', 'train_probe', 'embed_at_resolution', 'generator_scores',
+           'probe_scorer']
 
 # %% ../nbs/25_gan_metrics.ipynb #f46c7165
 def kid(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0) -> float:
@@ -44,16 +44,9 @@ def thumbnail_features(images: torch.Tensor, size: int = 8) -> np.ndarray:
     return F.adaptive_avg_pool2d(images.float().clamp(-1, 1), size).flatten(1).cpu().numpy()
 
 # %% ../nbs/25_gan_metrics.ipynb #2b7afe96
-def class_centres(embeddings: torch.Tensor, labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    "Unit-norm mean of the unit-norm embeddings of each class (num_classes, d)"
-    e = F.normalize(embeddings.float(), dim=1)
-    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    sums = torch.zeros(num_classes, e.shape[1]).index_add_(0, lab, e)
-    return F.normalize(sums, dim=1)
-
-def identity_accuracy(embeddings: torch.Tensor, labels: np.ndarray, centres: torch.Tensor) -> float:
-    "Share of embeddings whose nearest class centre (cosine) is their own label"
-    pred = (F.normalize(embeddings.float(), dim=1) @ centres.t()).argmax(1).numpy()
+def identity_accuracy(embeddings: torch.Tensor, labels: np.ndarray, centres: np.ndarray) -> float:
+    "Share of embeddings whose nearest class centre (cosine; `fr_models.class_centres`) is their own label"
+    pred = (F.normalize(embeddings.float(), dim=1) @ torch.as_tensor(centres).t()).argmax(1).numpy()
     return float((pred == np.asarray(labels)).mean())
 
 # %% ../nbs/25_gan_metrics.ipynb #08019a40
@@ -97,8 +90,8 @@ def train_probe(dataset: FaceDataset, resolution: int, epochs: int = 15, batch_s
     return TorchFRModel(net.eval(), input_size=(resolution, resolution), name="probe", channels_last=False)
 
 # %% ../nbs/25_gan_metrics.ipynb #844ebaff
-def embed_dataset(fr: FRModel, dataset: FaceDataset, resolution: int | None = None, batch_size: int = 256) -> torch.Tensor:
-    "Embeddings of every image of `dataset` (optionally resized to `resolution` first)"
+def embed_at_resolution(fr: FRModel, dataset: FaceDataset, resolution: int | None = None, batch_size: int = 256) -> torch.Tensor:
+    "Embeddings of every image of `dataset`, resized first to the generator's `resolution` as the GAN sees them"
     from synthface_nb.stylegan2_training import TrainingImages
     if resolution is not None: imgs = TrainingImages(dataset, resolution, cache=True).cache
     else: imgs = torch.stack([dataset[i][0] for i in range(len(dataset))])
@@ -127,7 +120,7 @@ def probe_scorer(dataset: FaceDataset, resolution: int, per_class: int = 10, max
     from synthface_nb.stylegan2 import StyleGAN2FaceGenerator
     from synthface_nb.stylegan2_training import TrainingImages
     probe = train_probe(dataset, resolution, epochs=epochs, seed=seed, device=device)
-    real = embed_dataset(probe, dataset, resolution)
+    real = embed_at_resolution(probe, dataset, resolution)
     thumbs = thumbnail_features(to_float_images(TrainingImages(dataset, resolution, cache=True).cache))
     def score(G, step: int) -> dict:
         return generator_scores(StyleGAN2FaceGenerator(G, device=device), probe, real, dataset.labels,

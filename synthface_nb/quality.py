@@ -16,14 +16,17 @@ import torch.nn.functional as F
 
 from .core import sample_rng
 from .data import FaceDataset, to_float_images
+from .fr_models import class_centres
+from .gan_metrics import kid
 from .metrics import score_metrics
-from .verification import as_embedder, embed_flip_sum, evaluating
+from .core import evaluating
+from .verification import as_embedder, embed_flip_sum
 
 # %% auto #0
-__all__ = ['ARCBIFACEGAN_MU', 'ARCBIFACEGAN_SIGMA', 'EmbeddedSet', 'class_centres', 'embed_dataset', 'best_matches',
-           'genuine_scores', 'impostor_scores', 'arcbifacegan_thresholds', 'genuine_statistics', 'centre_similarities',
-           'dataset_quality', 'inception_weights', 'load_inception', 'nv_resize', 'inception_features',
-           'frechet_distance', 'kernel_inception_distance', 'generated_set_quality']
+__all__ = ['ARCBIFACEGAN_MU', 'ARCBIFACEGAN_SIGMA', 'EmbeddedSet', 'embed_dataset', 'best_matches', 'genuine_scores',
+           'impostor_scores', 'arcbifacegan_thresholds', 'genuine_statistics', 'centre_similarities', 'dataset_quality',
+           'inception_weights', 'load_inception', 'nv_resize', 'inception_features', 'frechet_distance',
+           'generated_set_quality']
 
 # %% ../nbs/43_quality.ipynb #1a310375
 @dataclass
@@ -42,14 +45,6 @@ class EmbeddedSet:
         return class_centres(self.embeddings, self.labels, self.num_classes)
     def __repr__(self):
         return f"EmbeddedSet({len(self)} images, {self.num_classes} identities, {self.embeddings.shape[1]}-d)"
-
-def class_centres(embeddings: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
-    "L2-normalised per-class mean of (normalised) embeddings; a class without samples gets a zero row"
-    e, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
-    n = int(n_classes if n_classes is not None else labels.max() + 1)
-    sums = np.zeros((n, e.shape[1])); np.add.at(sums, labels, e)
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return (sums / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 def embed_dataset(model, dataset: FaceDataset, batch_size: int = 64, device: str | torch.device = "cpu",
                   flip: bool = True, num_workers: int = 0, progress: bool = False) -> EmbeddedSet:
@@ -216,19 +211,6 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
     return float(np.square(m1 - m2).sum() + np.trace(s1 + s2 - 2 * np.real(covmean)))
 
-def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, n_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> float:
-    "KID: unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (StyleGAN2-ADA's estimator)"
-    d, m = f1.shape[1], min(len(f1), len(f2), subset_size)
-    if m < 2: raise ValueError("KID needs at least two images in each set")
-    rng, total = sample_rng(seed, 5), 0.0
-    for _ in range(n_subsets):
-        x, y = f2[rng.choice(len(f2), m, replace=False)], f1[rng.choice(len(f1), m, replace=False)]
-        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
-        b = (x @ y.T / d + 1) ** 3
-        total += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
-    return float(total / n_subsets / m)
-
 # %% ../nbs/43_quality.ipynb #5ebadbd5
 def generated_set_quality(model, generated: FaceDataset | EmbeddedSet, authentic: FaceDataset | None = None,
                           mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFACEGAN_SIGMA, fid: bool = False,
@@ -246,6 +228,6 @@ def generated_set_quality(model, generated: FaceDataset | EmbeddedSet, authentic
         f_gen = inception_features((b for b, _ in torch.utils.data.DataLoader(_subset(emb.dataset), batch_size=32)), inc, device=device)
         f_auth = inception_features((b for b, _ in torch.utils.data.DataLoader(_subset(authentic), batch_size=32)), inc, device=device)
         out["fid"] = frechet_distance(f_auth, f_gen)
-        out["kid"] = kernel_inception_distance(f_auth, f_gen, subset_size=min(1000, len(f_gen), len(f_auth)), seed=seed)
+        out["kid"] = kid(f_auth, f_gen, max_subset_size=min(1000, len(f_gen), len(f_auth)), seed=seed)
         out["fid_images"] = [len(f_gen), len(f_auth)]
     return out

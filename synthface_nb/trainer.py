@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-from .core import derive_seed, load_checkpoint, load_state_strict, sample_rng, save_checkpoint, seed_worker, torch_generator
+from .core import (derive_seed, evaluating, load_checkpoint, load_state_strict, sample_rng, save_checkpoint,
+                               seed_worker, torch_generator)
 from .data import FaceDataset, save_image, to_float_images
 from .distributed import all_reduce_mean, barrier, init_distributed, is_distributed, unwrap, wrap_ddp
 from .backbones import build_backbone
@@ -170,16 +171,6 @@ class Callback:
     every: int | None = None        # None: the run's `eval_every`
     main_only: bool = True
     def __call__(self, model: nn.Module, step: int) -> dict[str, float] | None: raise NotImplementedError
-
-class _eval_mode:
-    "Put modules in eval mode inside the block and restore each one's mode afterwards"
-    def __init__(self, *modules: nn.Module): self.modules = modules
-    def __enter__(self):
-        self.modes = [[m.training for m in mod.modules()] for mod in self.modules]
-        for mod in self.modules: mod.eval()
-    def __exit__(self, *exc):
-        for mod, modes in zip(self.modules, self.modes):
-            for m, t in zip(mod.modules(), modes): m.train(t)
 
 # %% ../nbs/31_trainer.ipynb #ce3f0a5d
 def resolve_amp(amp: str, device: torch.device) -> str:
@@ -352,7 +343,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
             every = getattr(cb, "every", None) or cfg.eval_every
             if (every and step % every == 0) or step == stop:
                 if getattr(cb, "main_only", True) and not info.is_main: continue
-                with _eval_mode(backbone): out = cb(backbone, step)
+                with evaluating(backbone): out = cb(backbone, step)
                 if out:
                     rec = {"step": step, **{f"eval/{k}": float(v) for k, v in out.items()}}
                     history.append(rec); evals = {k: float(v) for k, v in out.items()}

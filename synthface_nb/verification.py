@@ -14,15 +14,16 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .core import evaluating
 from .data import to_float_images
 from .fr_models import FRModel
 from .verification_bin import decode_bin
 
 # %% auto #0
 __all__ = ['THRESHOLDS', 'VAL_THRESHOLDS', 'STANDARD_BENCHMARKS', 'DEFAULT_BENCHMARK_DIR', 'kfold_bounds', 'pair_distances',
-           'fold_accuracies', 'val_at_far', 'verification_metrics', 'distance_metrics', 'evaluating', 'as_embedder',
-           'embed_flip_sum', 'VerificationResult', 'verify', 'find_benchmarks', 'load_benchmark',
-           'VerificationCallback', 'make_verification_callback']
+           'fold_accuracies', 'val_at_far', 'verification_metrics', 'distance_metrics', 'as_embedder', 'embed_flip_sum',
+           'VerificationResult', 'verify', 'find_benchmarks', 'load_benchmark', 'VerificationCallback',
+           'make_verification_callback']
 
 # %% ../nbs/40_verification.ipynb #49a4c198
 THRESHOLDS = np.arange(0, 4, 0.01)        # the accuracy search grid of insightface's `evaluate`
@@ -128,16 +129,6 @@ def distance_metrics(dist: np.ndarray, issame: np.ndarray, n_folds: int = 10, fa
             "far_target": far_target, "n_pairs": int(len(dist)), "n_genuine": int(issame.sum())}
 
 # %% ../nbs/40_verification.ipynb #8e57a4a2
-@contextlib.contextmanager
-def evaluating(model):
-    "Eval mode for a torch module (or the module inside an FR model) during the block; restore every submodule's mode after"
-    module = model if isinstance(model, torch.nn.Module) else getattr(model, "module", None)
-    modes = [(m, m.training) for m in module.modules()] if isinstance(module, torch.nn.Module) else []
-    if modes: module.eval()
-    try: yield model
-    finally:
-        for m, training in modes: m.train(training)
-
 def as_embedder(model) -> Callable[[torch.Tensor], torch.Tensor]:
     "A function images -> raw embeddings for an FRModel, a torch module (channels_last input) or a callable"
     if isinstance(model, FRModel): return model.embed
