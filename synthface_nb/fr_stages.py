@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import write_json_atomic
-from .data import ImageFolderDataset
+from .recordio import open_face_dataset
 from .distributed import dist_info, init_distributed, shutdown_distributed
 from .trainer import TrainConfig, train_fr, write_color_folder
 
@@ -65,7 +65,7 @@ def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "c
                    **overrides) -> dict:
     "Train an FR model on the image folder `data_dir` with `strategy`; write model, checkpoint, metrics to `out_dir`"
     out_dir = Path(out_dir)
-    ds = ImageFolderDataset(data_dir, max_per_class=max_per_class)
+    ds = open_face_dataset(data_dir, max_per_class=max_per_class)
     name, kwargs = strategy_objective(strategy, head, margin, scale, kt_weight)
     cfg = get_preset(preset, strategy).replace(objective=name, objective_kwargs=kwargs, **overrides)
     callbacks = []
@@ -73,8 +73,10 @@ def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "c
         from synthface_nb.verification import make_verification_callback
         callbacks.append(make_verification_callback(benchmarks, batch_size=128, device=init_distributed(device)[1],
                                                     max_pairs=max_pairs))
+    meta = {"method": strategy, "preset": preset, "data": Path(data_dir).name, "n_images": len(ds), "n_identities": ds.num_classes}
     res = train_fr(cfg, ds, out_dir, teacher=teacher_path, device=device, callbacks=callbacks,
-                   resume=resume and (out_dir/"checkpoint.pt").exists(), live_dir=out_dir/"live", progress=progress)
+                   resume=resume and (out_dir/"checkpoint.pt").exists(), live_dir=out_dir/"live", progress=progress,
+                   meta=meta)
     losses = res.losses
     uses_teacher = teacher_path is not None and name in ("kt", "cl")
     summary = {"strategy": strategy, "data_dir": str(data_dir), "teacher": str(teacher_path) if uses_teacher else None,

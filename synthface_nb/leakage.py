@@ -16,6 +16,7 @@ from PIL import Image
 
 from .core import atomic_write, sample_rng, write_json_atomic
 from .data import ImageFolderDataset, image_grid, save_image
+from .recordio import open_face_dataset
 from .fr_models import load_fr_model
 from .metrics import json_ready, plot_score_histograms, save_figure
 from .quality import (ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA, EmbeddedSet, best_matches, centre_similarities,
@@ -180,7 +181,7 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     if thresholds not in ("authentic", "published"): raise ValueError(f"thresholds must be 'authentic' or 'published', got {thresholds!r}")
     import synthface_nb.onnx_models  # noqa: F401  (registers the '.onnx' loader with load_fr_model)
     model = load_fr_model(model_path, device=device)
-    auth_ds = ImageFolderDataset(authentic)
+    auth_ds = open_face_dataset(authentic)
     auth = embed_dataset(model, auth_ds, batch_size, device)
     if thresholds == "authentic":
         g = genuine_scores(auth.embeddings, auth.labels)

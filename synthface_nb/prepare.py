@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .core import atomic_dir, write_json_atomic
-from .data import ImageFolderDataset, dataset_statistics, identity_grid, save_image
+from .data import dataset_statistics, identity_grid, save_image
+from .recordio import open_face_dataset
 from .verification_bin import write_benchmark_bin
 
 # %% auto #0
@@ -20,8 +21,8 @@ def prepare_authentic(authentic: str | Path, heldout: str | Path, out_dir: str |
                       seed: int = 0, skip_bad: bool = False, benchmark_name: str = "procedural",
                       grid_identities: int = 8, grid_images: int = 8) -> dict:
     "Validate the authentic and held-out sets, write statistics, a sample grid and the benchmark `.bin`"
-    train = ImageFolderDataset(authentic, verify=True, skip_bad=skip_bad)
-    held = ImageFolderDataset(heldout, verify=True, skip_bad=skip_bad)
+    train = open_face_dataset(authentic, verify=True, skip_bad=skip_bad)
+    held = open_face_dataset(heldout, verify=True, skip_bad=skip_bad)
     shared = sorted(set(train.classes) & set(held.classes))
     if shared:
         raise ValueError(f"{heldout}: {len(shared)} held-out identities also appear in {authentic} "

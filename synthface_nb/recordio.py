@@ -13,12 +13,12 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .core import atomic_write, write_text_atomic
-from .data import BadImageError, FaceDataset, decode_image, encode_image
+from .data import BadImageError, DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
 
 # %% auto #0
 __all__ = ['RECORD_MAGIC', 'IR_FORMAT', 'IR_SIZE', 'RecordIOError', 'frame_record', 'read_record_at', 'iter_records', 'map_file',
            'IRHeader', 'pack_ir', 'unpack_ir', 'IndexedRecordIO', 'RecordIOWriter', 'write_recordio', 'record_labels',
-           'RecordIODataset', 'image_format_of', 'encoded_image', 'write_recordio_dataset']
+           'RecordIODataset', 'image_format_of', 'encoded_image', 'write_recordio_dataset', 'open_face_dataset']
 
 # %% ../nbs/02_recordio.ipynb #35f1e451
 RECORD_MAGIC = 0xCED7230A
@@ -320,3 +320,19 @@ def write_recordio_dataset(ds: FaceDataset, out_dir: str | Path, image_format: s
                          ds.labels[order])
     write_text_atomic(Path(out_dir) / "property", f"{ds.num_classes},{h},{w}\n")
     return rec
+
+# %% ../nbs/02_recordio.ipynb #ef9ec6db
+def open_face_dataset(path: str | Path, verify: bool = False, skip_bad: bool = False,
+                      max_per_class: int | None = None) -> FaceDataset:
+    "An `ImageFolderDataset`, or a `RecordIODataset` for a `.rec` file or a folder holding `train.rec`"
+    p = Path(path)
+    rec = p if p.suffix == ".rec" else p/"train.rec"
+    if not rec.is_file():
+        return ImageFolderDataset(p, verify=verify, skip_bad=skip_bad, max_per_class=max_per_class)
+    if skip_bad or max_per_class is not None:
+        raise ValueError(f"{rec}: skip_bad and max_per_class apply to image folders, not to RecordIO sets")
+    ds = RecordIODataset(rec)
+    if verify:
+        for i in range(len(ds)): ds.load_image(i)
+    ds.report = DataReport(str(rec), len(ds), ds.num_classes)
+    return ds

@@ -235,14 +235,14 @@ def _gather_rng() -> list[dict]:
 def train_fr(config: TrainConfig, dataset: FaceDataset, out_dir: str | Path | None = None,
              teacher: FRModel | str | Path | None = None, device: str | torch.device = "auto",
              callbacks: Sequence[Callable] = (), resume: str | Path | bool | None = None, max_steps: int | None = None,
-             live_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+             live_dir: str | Path | None = None, progress: bool = True, meta: dict | None = None) -> TrainResult:
     "Train a backbone on `dataset` with `config`; checkpoint, resume, log, and write the FR model to `out_dir`"
     before = torch.get_num_threads()
     if config.num_threads: torch.set_num_threads(config.num_threads)
-    try: return _train_fr(config, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress)
+    try: return _train_fr(config, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress, meta or {})
     finally: torch.set_num_threads(before)
 
-def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress) -> TrainResult:
+def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress, meta) -> TrainResult:
     obj_cls = objectives.get(cfg.objective)
     info, device = init_distributed(device)
     spe = _check_data(dataset, cfg, obj_cls.needs_labels, info.world_size)
@@ -352,7 +352,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     bar.close()
     seconds = time.perf_counter() - t_start
     if step >= total and info.is_main and out_dir is not None:
-        save_fr_model(out_dir/"model.pt", backbone, config=asdict(cfg), step=step, num_classes=dataset.num_classes)
+        save_fr_model(out_dir/"model.pt", backbone, config=asdict(cfg), step=step, num_classes=dataset.num_classes, **meta)
     if live is not None: live.end()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
     return TrainResult(history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9), evals)
