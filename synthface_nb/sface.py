@@ -22,8 +22,8 @@ __all__ = ['train_sface_gan_stage', 'generate_sface_stage']
 
 # %% ../nbs/26_sface.ipynb #8a2510a4
 def train_sface_gan_stage(data_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, live_dir: str | Path,
-                          preset: str = "cpu", resolution: int = 32, total_kimg: float = 16.0, batch_size: int = 16,
-                          r1_gamma: float = -1.0, seed: int = 0, snapshot_kimg: float = 2.0, probe_epochs: int = 15,
+                          preset: str = "cpu", resolution: int = 32, total_kimg: float = 48.0, batch_size: int = 16,
+                          r1_gamma: float = -1.0, seed: int = 0, snapshot_kimg: float = 8.0, probe_epochs: int = 15,
                           eval_per_class: int = 10, eval_classes: int = 50, device: str = "auto", num_threads: int = 0,
                           num_workers: int = 0, progress: bool = True) -> dict:
     "Train SFace's class-conditional StyleGAN2-ADA on `data_dir` (one class per identity), resuming from `out_dir`"

@@ -65,7 +65,7 @@ def training_preset(name: str, num_classes: int | None = None, resolution: int |
     elif name == "cpu":
         res, c = resolution or 32, num_classes or 10
         cfg = auto_config(res, c, z_dim=128, w_dim=128, channel_base=64 * res, channel_max=64, d_map_layers=2, conv_clamp=None)
-        cfg.update(batch_size=16, total_kimg=16, ema_kimg=16 * 10 / 32)
+        cfg.update(batch_size=16, total_kimg=48, ema_kimg=16 * 10 / 32)
         cfg["G_opt"]["lr"] = cfg["D_opt"]["lr"] = 0.005
         cfg["loss"].update(r1_gamma=0.0002 * res ** 2 / 16, pl_weight=0.0, style_mixing_prob=0.0)
         cfg["augment"]["kimg"] = 100
