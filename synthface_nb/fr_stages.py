@@ -56,8 +56,6 @@ def get_preset(name: str, strategy: str = "cls") -> TrainConfig:
     return presets[name](strategy)
 
 # %% ../nbs/32_fr_stages.ipynb #0eb30160
-_OBJECTIVE_KEYS = ("head", "margin", "scale", "kt_weight")
-
 def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "cls", teacher_path: str | Path | None = None,
                    benchmarks: str | Path | None = None, preset: str = "cpu", device: str = "auto", resume: bool = False,
                    max_per_class: int | None = None, max_pairs: int | None = None, progress: bool = True,
