@@ -69,7 +69,7 @@ def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "c
     callbacks = []
     if benchmarks:
         from synthface_nb.verification import make_verification_callback
-        callbacks.append(make_verification_callback(benchmarks, batch_size=128, device=init_distributed(device)[1],
+        callbacks.append(make_verification_callback(benchmarks, device=init_distributed(device)[1],
                                                     max_pairs=max_pairs))
     meta = {"method": strategy, "preset": preset, "data": Path(data_dir).name, "n_images": len(ds), "n_identities": ds.num_classes}
     res = train_fr(cfg, ds, out_dir, teacher=teacher_path, device=device, callbacks=callbacks,

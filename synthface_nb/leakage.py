@@ -179,7 +179,6 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     sets = dict(generated) if isinstance(generated, dict) else {Path(p).name: Path(p) for p in generated}
     if not sets: raise ValueError("no generated sets to audit")
     if thresholds not in ("authentic", "published"): raise ValueError(f"thresholds must be 'authentic' or 'published', got {thresholds!r}")
-    import synthface_nb.onnx_models  # noqa: F401  (registers the '.onnx' loader with load_fr_model)
     model = load_fr_model(model_path, device=device)
     auth_ds = open_face_dataset(authentic)
     auth = embed_dataset(model, auth_ds, batch_size, device)
@@ -191,8 +190,8 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     for name, path in sets.items():
         syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)
         q = generated_set_quality(model, syn, auth_ds, mu, sigma, fid=fid, batch_size=batch_size, device=device, seed=seed)
-        write_json_atomic(out_dir/name/"quality.json", json_ready(q))
-        lk = leakage_audit(syn, auth, out_dir/name, fmr, relation, k, device=device, seed=seed)
+        write_json_atomic(out_dir/"sets"/name/"quality.json", json_ready(q))
+        lk = leakage_audit(syn, auth, out_dir/"sets"/name, fmr, relation, k, device=device, seed=seed)
         rel = lk["identity_relation"]
         summary[name] = {
             "n_images": q["n_images"], "n_identities": q["n_identities"],

@@ -178,11 +178,10 @@ def expand_paths(spec: str | Sequence[str], kind: str = "path") -> dict[str, Pat
 # %% ../nbs/41_metrics.ipynb #ce97e280
 def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path],
                     benchmark_dir: str | Path = DEFAULT_BENCHMARK_DIR, out_dir: str | Path = "artifacts/evaluate",
-                    batch_size: int = 64, device: str | torch.device = "cpu", image_size: tuple[int, int] = (112, 112),
+                    batch_size: int | None = None, device: str | torch.device = "cpu", image_size: tuple[int, int] = (112, 112),
                     strict: bool = False, max_pairs: int | None = None, fars: Sequence[float] = FARS,
                     meta: Mapping[str, dict] | None = None, progress: bool = False) -> dict:
     "Verify every FR model on every `.bin` benchmark; write metrics.json, evaluation.json and PNG plots"
-    import synthface_nb.onnx_models  # noqa: F401  (registers the '.onnx' loader with load_fr_model)
     models = dict(model_paths) if isinstance(model_paths, Mapping) else {model_name(p): Path(p) for p in model_paths}
     if len(models) < len(model_paths): raise ValueError(f"two models share a name: {[str(p) for p in model_paths]}")
     if not models: raise ValueError("no FR models to evaluate")

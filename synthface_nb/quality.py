@@ -20,7 +20,7 @@ from .fr_models import class_centres
 from .gan_metrics import kid
 from .metrics import score_metrics
 from .core import evaluating
-from .verification import as_embedder, embed_flip_sum
+from .verification import as_embedder, embed_flip_sum, eval_batch_size
 
 # %% auto #0
 __all__ = ['ARCBIFACEGAN_MU', 'ARCBIFACEGAN_SIGMA', 'EmbeddedSet', 'embed_dataset', 'best_matches', 'genuine_scores',
@@ -46,10 +46,11 @@ class EmbeddedSet:
     def __repr__(self):
         return f"EmbeddedSet({len(self)} images, {self.num_classes} identities, {self.embeddings.shape[1]}-d)"
 
-def embed_dataset(model, dataset: FaceDataset, batch_size: int = 64, device: str | torch.device = "cpu",
+def embed_dataset(model, dataset: FaceDataset, batch_size: int | None = None, device: str | torch.device = "cpu",
                   flip: bool = True, num_workers: int = 0, progress: bool = False) -> EmbeddedSet:
     "Embed every image of `dataset` (flip-sum by default) into an `EmbeddedSet`"
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or eval_batch_size(device), shuffle=False,
+                                         num_workers=num_workers)
     if progress:
         from tqdm.auto import tqdm
         loader = tqdm(loader, desc="embedding", mininterval=10)

@@ -198,7 +198,7 @@ def test_stage_notebooks_evaluate_audit_report(tmp_path):
     assert metrics["cls"]["procedural"]["accuracy"] == direct.accuracy
     audit = json.loads((tmp_path / "out" / "audit" / "audit.json").read_text())
     assert list(audit["sets"]) == ["gen"] and audit["sets"]["gen"]["n_identities"] == 3
-    leak = json.loads((tmp_path / "out" / "audit" / "gen" / "leakage.json").read_text())
+    leak = json.loads((tmp_path / "out" / "audit" / "sets" / "gen" / "leakage.json").read_text())
     assert leak["top_pairs"][0]["synthetic"] == "000000" and leak["top_pairs"][0]["authentic"] == "0000"
     md = (tmp_path / "out" / "report" / "results.md").read_text()
     assert "| cls | SFace-CLS | cpu |" in md and "| gen |" in md
