@@ -49,5 +49,6 @@ def efficiency(flops_per_item: float, items_per_s: float) -> float:
 
 @contextmanager
 def section(title: str):
+    "Print a heading naming the torch version and thread count for the figures reported inside the block"
     print(f"\n== {title} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
     yield

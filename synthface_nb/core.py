@@ -6,7 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #5fe58399
 from __future__ import annotations
-import contextlib, hashlib, json, os, tempfile
+import contextlib, hashlib, json, os, random, shutil, tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -48,7 +48,7 @@ def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> Path:
         if isinstance(o, (np.ndarray, torch.Tensor)): return o.tolist()
         if isinstance(o, Path): return str(o)
         raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-    return write_text_atomic(path, json.dumps(obj, indent=indent, default=_plain, sort_keys=False) + "\n")
+    return write_text_atomic(path, json.dumps(obj, indent=indent, default=_plain) + "\n")
 
 # %% ../nbs/00_core.ipynb #3d30cd31
 @contextlib.contextmanager
@@ -61,18 +61,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
-            if old.exists(): _rmtree(old)
+            if old.exists(): shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
-            _rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, path)
     except BaseException:
-        _rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-def _rmtree(p: Path):
-    import shutil
-    shutil.rmtree(p, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb #e5272c0a
 CHECKPOINT_FORMAT = 1
@@ -166,14 +162,12 @@ def torch_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Gen
 # %% ../nbs/00_core.ipynb #75ae8d00
 def seed_everything(seed: int, rank: int = 0) -> int:
     "Seed python, numpy and torch for `rank` of a run seeded with `seed`; return the rank's seed"
-    import random
     s = derive_seed(seed, rank) % 2**32
     random.seed(s); np.random.seed(s); torch.manual_seed(s)
     return s
 
 def seed_worker(worker_id: int) -> None:
     "`worker_init_fn` giving each data-loader worker its own python and numpy seed"
-    import random
     s = torch.initial_seed() % 2**32
     random.seed(s); np.random.seed(s)
 

@@ -6,7 +6,8 @@ Docs: https://synthface.github.io/synthface_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #515c4185
 from __future__ import annotations
-import io, os
+import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'BadImageError', 'decode_image', 'encode_image', 'FaceDataset', 'to_float_images', 'to_uint8_images',
@@ -88,9 +91,7 @@ class DataReport:
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for _, reason in self.skipped: out[reason.split(" (")[0]] = out.get(reason.split(" (")[0], 0) + 1
-        return out
+        return dict(Counter(reason.split(" (")[0] for _, reason in self.skipped))
 
     def as_dict(self) -> dict:
         return {"root": self.root, "n_images": self.n_images, "n_identities": self.n_identities,
@@ -117,8 +118,8 @@ def scan_image_folder(root: str | Path, verify: bool = False, skip_bad: bool = F
                 _problem(report, f, "not an image file (expected .jpg, .jpeg or .png)", skip_bad); continue
             if verify:
                 try: decode_image(f)
-                except BadImageError as e:
-                    _problem(report, f, f"cannot decode image ({str(e).split('(', 1)[-1]}", skip_bad); continue
+                except BadImageError as e:   # the message already starts with the path
+                    _problem(report, f, str(e).removeprefix(f"{f}: "), skip_bad); continue
             good.append(f)
         if max_per_class is not None: good = good[:max_per_class]
         if not good:
@@ -141,7 +142,7 @@ class ImageFolderDataset(FaceDataset):
 
 # %% ../nbs/01_data.ipynb #f9a25c82
 def dataset_statistics(ds: FaceDataset, sample: int = 64) -> dict:
-    "Counts per class and pixel statistics over the first `sample` images of each of a few classes"
+    "Counts per class, and image shapes and pixel statistics over `sample` images spread evenly over `ds`"
     counts = ds.class_counts()
     idx = np.linspace(0, len(ds) - 1, num=min(sample, len(ds))).round().astype(int)
     imgs = [ds.load_image(int(i)) for i in idx]
@@ -167,7 +168,6 @@ def image_grid(images: Sequence[np.ndarray] | torch.Tensor, ncols: int, pad: int
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:
     "Write a uint8 image as PNG (or JPEG by suffix), atomically"
-    from synthface_nb.core import atomic_write
     with atomic_write(path, "wb") as f: f.write(encode_image(image, Path(path).suffix.lstrip(".") or "png"))
     return Path(path)
 
@@ -175,6 +175,6 @@ def identity_grid(ds: FaceDataset, n_identities: int = 8, per_identity: int = 8)
     "A grid with one row per identity (the first `n_identities`) and its first `per_identity` images"
     rows = []
     for c in range(min(n_identities, ds.num_classes)):
-        idx = np.flatnonzero(ds.labels == c)[:per_identity]
-        rows += [ds.load_image(int(i)) for i in idx] + [np.full_like(ds.load_image(int(idx[0])), 255)] * (per_identity - len(idx))
+        imgs = [ds.load_image(int(i)) for i in np.flatnonzero(ds.labels == c)[:per_identity]]
+        rows += imgs + [np.full_like(imgs[0], 255)] * (per_identity - len(imgs))
     return image_grid(rows, ncols=per_identity)

@@ -54,6 +54,7 @@ def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def is_distributed() -> bool:
+    "True inside a process group of more than one rank"
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 def barrier() -> None:
@@ -76,7 +77,7 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.nn.Module:
-    "DistributedDataParallel around `module` when distributed, else `module` itself"
+    "DistributedDataParallel around `module` when distributed and it has trainable parameters, else `module` itself"
     if not is_distributed() or not any(p.requires_grad for p in module.parameters()): return module
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, **kwargs)

@@ -6,7 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/pipeline.html.md"""
 
 # %% ../nbs/08_pipeline.ipynb #9b97e3c0
 from __future__ import annotations
-import argparse, ast, copy, io, json, re, shlex, sys
+import argparse, ast, io, json, shlex, sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import yaml
 from .core import write_text_atomic
 
 # %% auto #0
-__all__ = ['load_params', 'deep_merge', 'apply_preset', 'notebook_parameters', 'papermill_stage_parameters', 'main']
+__all__ = ['load_params', 'apply_preset', 'notebook_parameters', 'papermill_stage_parameters', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #eb874428
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -27,18 +27,11 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     if not isinstance(params, dict): raise ValueError(f"{path}: expected a mapping of sections at the top level")
     return params
 
-def deep_merge(base: dict, override: dict) -> dict:
-    "A copy of `base` with `override` merged in, recursively for nested mappings"
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
 # %% ../nbs/08_pipeline.ipynb #a3a2e65e
-def _merge_into(node, override: dict, where: str):
+def _merge_into(node, override: dict, where: str, path: Path):
     for k, v in override.items():
-        if k not in node: raise KeyError(f"preset sets '{where}{k}', which params.yaml does not have")
-        if isinstance(v, dict) and hasattr(node[k], "keys"): _merge_into(node[k], v, f"{where}{k}.")
+        if k not in node: raise KeyError(f"{path}: preset sets '{where}{k}', which the file does not have")
+        if isinstance(v, dict) and hasattr(node[k], "keys"): _merge_into(node[k], v, f"{where}{k}.", path)
         else: node[k] = v
 
 def apply_preset(name: str, path: str | Path = "params.yaml") -> dict:
@@ -50,7 +43,8 @@ def apply_preset(name: str, path: str | Path = "params.yaml") -> dict:
     presets = doc.get("presets") or {}
     if name not in presets:
         raise KeyError(f"{path}: unknown preset '{name}'; known: {', '.join(sorted(presets))}")
-    _merge_into(doc, json.loads(json.dumps(presets[name])), "")
+    # plain copies: a node shared with `presets:` would be dumped as a YAML alias
+    _merge_into(doc, json.loads(json.dumps(presets[name])), "", path)
     doc["preset"] = name
     buf = io.StringIO(); rt.dump(doc, buf)
     write_text_atomic(path, buf.getvalue())

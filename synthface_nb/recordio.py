@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .core import atomic_write, write_text_atomic
-from .data import BadImageError, DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
+from .data import DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
 
 # %% auto #0
 __all__ = ['RECORD_MAGIC', 'IR_FORMAT', 'IR_SIZE', 'RecordIOError', 'frame_record', 'read_record_at', 'iter_records', 'map_file',

@@ -62,18 +62,14 @@ for _m in ("numpy.core", "numpy._core"):
                      (f"{_m}.numeric", "_frombuffer"): _frombuffer}
 
 class _BinUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
     def find_class(self, module: str, name: str):
         try: return _BIN_GLOBALS[(module, name)]
         except KeyError:
-            raise UnsafePickleError(f"{self.source}: refused to unpickle the global '{module}.{name}'; a verification "
+            raise UnsafePickleError(f"refused to unpickle the global '{module}.{name}'; a verification "
                                     ".bin holds only bytes, bools and numpy arrays (nothing was executed)") from None
 
     def persistent_load(self, pid):
-        raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle")
+        raise UnsafePickleError("refused a persistent id in the pickle")
 
 # %% ../nbs/03_verification_bin.ipynb #3d67281a
 def _as_image_bytes(img, k: int, source: str) -> bytes:
@@ -108,9 +104,8 @@ def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such verification .bin")
     with open(path, "rb") as f:
-        try: obj = _BinUnpickler(f, str(path)).load()
-        except UnsafePickleError as e:
-            raise UnsafePickleError(e.args[0] if str(path) in e.args[0] else f"{path}: {e.args[0]}") from None
+        try: obj = _BinUnpickler(f, encoding="bytes").load()
+        except UnsafePickleError as e: raise UnsafePickleError(f"{path}: {e}") from None
         except Exception as e:
             raise ValueError(f"{path}: not a verification .bin pickle ({type(e).__name__}: {e})") from None
     return _validate_bin(obj, str(path))
@@ -120,7 +115,7 @@ def write_bin(path: str | Path, images: Sequence[bytes], issame: Sequence[bool])
     "Write an insightface verification `.bin` (pickled (images, issame)) atomically"
     issame = issame if isinstance(issame, np.ndarray) else list(issame)
     images, issame = _validate_bin((list(images), issame), str(path))
-    with atomic_write(path, "wb") as f: pickle.dump((images, [bool(v) for v in issame]), f, protocol=4)
+    with atomic_write(path, "wb") as f: pickle.dump((images, issame.tolist()), f, protocol=4)
     return Path(path)
 
 # %% ../nbs/03_verification_bin.ipynb #71e6da06
@@ -186,20 +181,19 @@ def _members(labels: np.ndarray, idents: np.ndarray) -> list[np.ndarray]:
     at = np.searchsorted(values, idents)
     return [order[starts[a]: starts[a] + counts[a]] for a in at]
 
-def _deal_to_folds(labels: np.ndarray, idents: np.ndarray, n_folds: int) -> list[np.ndarray]:
+def _deal_to_folds(members: list[np.ndarray], n_folds: int) -> list[list[np.ndarray]]:
     "Deal identities to folds, most genuine pairs first, each to the fold with the fewest pairs (then identities) so far"
-    sizes = np.array([len(m) for m in _members(labels, idents)], dtype=np.int64)
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
     pairs, count, folds = np.zeros(n_folds, np.int64), np.zeros(n_folds, np.int64), [[] for _ in range(n_folds)]
-    for i in np.argsort(-sizes, kind="stable"):       # `idents` arrive shuffled, so ties fall at random
+    for i in np.argsort(-sizes, kind="stable"):       # identities arrive shuffled, so ties fall at random
         f = min(range(n_folds), key=lambda f: (pairs[f], count[f]))
-        folds[f].append(idents[i]); pairs[f] += sizes[i] * (sizes[i] - 1) // 2; count[f] += 1
-    return [np.array(g, dtype=np.int64) for g in folds]
+        folds[f].append(members[i]); pairs[f] += sizes[i] * (sizes[i] - 1) // 2; count[f] += 1
+    return folds
 
-def _genuine_pairs(labels, idents, count, rng, where) -> np.ndarray:
-    members = _members(labels, idents)
+def _genuine_pairs(members, count, rng, where) -> np.ndarray:
     caps = np.array([len(m) * (len(m) - 1) // 2 for m in members], dtype=np.int64)
     if caps.sum() < count:
-        raise ValueError(f"labels give only {caps.sum()} distinct genuine pairs among the {len(idents)} identities "
+        raise ValueError(f"labels give only {caps.sum()} distinct genuine pairs among the {len(members)} identities "
                          f"{where}, but {count} are needed; ask for fewer pairs or give more images per identity")
     pairs = []
     for m, cap, q in zip(members, caps, _spread(caps, count, rng)):
@@ -207,17 +201,16 @@ def _genuine_pairs(labels, idents, count, rng, where) -> np.ndarray:
     pairs = np.concatenate(pairs)
     return pairs[rng.permutation(len(pairs))]
 
-def _impostor_pairs(labels, idents, count, rng, where) -> np.ndarray:
-    members = _members(labels, idents)
+def _impostor_pairs(members, count, rng, where) -> np.ndarray:
     sizes = np.array([len(m) for m in members], dtype=np.int64)
     possible = (sizes.sum() ** 2 - (sizes ** 2).sum()) // 2
-    if len(idents) < 2 or possible < count:
-        raise ValueError(f"the {len(idents)} identities {where} give only {possible} distinct impostor pairs, {count} needed")
+    if len(members) < 2 or possible < count:
+        raise ValueError(f"the {len(members)} identities {where} give only {possible} distinct impostor pairs, {count} needed")
     flat, starts = np.concatenate(members), np.cumsum(sizes) - sizes
     seen, out = set(), []
     for _ in range(200):
         m = 2 * (count - len(out)) + 16
-        a, b = rng.integers(0, len(idents), m), rng.integers(0, len(idents), m)
+        a, b = rng.integers(0, len(members), m), rng.integers(0, len(members), m)
         a, b = a[a != b], b[a != b]                   # an identity first, then one of its images
         xs = flat[starts[a] + (rng.random(len(a)) * sizes[a]).astype(np.int64)]
         ys = flat[starts[b] + (rng.random(len(b)) * sizes[b]).astype(np.int64)]
@@ -235,18 +228,18 @@ def make_verification_pairs(labels: Sequence[int], n_pairs: int, seed: int, n_fo
         raise ValueError(f"n_pairs={n_pairs} must be a positive multiple of 2 * n_folds = {2 * n_folds}, "
                          "so that every fold holds as many genuine as impostor pairs")
     per = n_pairs // (2 * n_folds)
-    idents = sample_rng(seed, 0).permutation(np.unique(labels))
-    if disjoint_folds is None: disjoint_folds = len(idents) >= 2 * n_folds
+    members = _members(labels, sample_rng(seed, 0).permutation(np.unique(labels)))
+    if disjoint_folds is None: disjoint_folds = len(members) >= 2 * n_folds
     if disjoint_folds:
-        if len(idents) < 2 * n_folds:
-            raise ValueError(f"{len(idents)} identities cannot fill {n_folds} identity-disjoint folds (at least 2 per fold "
+        if len(members) < 2 * n_folds:
+            raise ValueError(f"{len(members)} identities cannot fill {n_folds} identity-disjoint folds (at least 2 per fold "
                              "are needed); pass disjoint_folds=False or use more identities")
-        groups = _deal_to_folds(labels, idents, n_folds)
-        gen = [_genuine_pairs(labels, g, per, sample_rng(seed, 1, f), f"of fold {f}") for f, g in enumerate(groups)]
-        imp = [_impostor_pairs(labels, g, per, sample_rng(seed, 2, f), f"of fold {f}") for f, g in enumerate(groups)]
+        groups = _deal_to_folds(members, n_folds)
+        gen = [_genuine_pairs(g, per, sample_rng(seed, 1, f), f"of fold {f}") for f, g in enumerate(groups)]
+        imp = [_impostor_pairs(g, per, sample_rng(seed, 2, f), f"of fold {f}") for f, g in enumerate(groups)]
     else:
-        gen = np.split(_genuine_pairs(labels, idents, per * n_folds, sample_rng(seed, 1), "in the labels"), n_folds)
-        imp = np.split(_impostor_pairs(labels, idents, per * n_folds, sample_rng(seed, 2), "in the labels"), n_folds)
+        gen = np.split(_genuine_pairs(members, per * n_folds, sample_rng(seed, 1), "in the labels"), n_folds)
+        imp = np.split(_impostor_pairs(members, per * n_folds, sample_rng(seed, 2), "in the labels"), n_folds)
     pairs = np.concatenate([np.concatenate([g, i]) for g, i in zip(gen, imp)])
     issame = np.tile(np.repeat([True, False], per), n_folds)
     return pairs, issame
@@ -254,11 +247,11 @@ def make_verification_pairs(labels: Sequence[int], n_pairs: int, seed: int, n_fo
 # %% ../nbs/03_verification_bin.ipynb #41b91b96
 def write_benchmark_bin(ds: FaceDataset, path: str | Path, n_pairs: int, seed: int, image_format: str = "jpg",
                         identities: Sequence[int] | None = None, quality: int = 95,
-                        disjoint_folds: bool | None = None) -> Path:
+                        disjoint_folds: bool | None = None, verify: bool = True) -> Path:
     "Write a verification `.bin` of `n_pairs` LFW-style pairs drawn from `ds` (optionally only `identities`)"
     pool = np.arange(len(ds)) if identities is None else np.flatnonzero(np.isin(ds.labels, np.asarray(identities)))
     if not len(pool): raise ValueError(f"{path}: no images of the requested identities in the dataset")
     pairs, issame = make_verification_pairs(ds.labels[pool], n_pairs, seed, disjoint_folds=disjoint_folds)
     pairs = pool[pairs]
-    cache = {int(i): encoded_image(ds, int(i), image_format, quality) for i in np.unique(pairs)}
+    cache = {int(i): encoded_image(ds, int(i), image_format, quality, verify) for i in np.unique(pairs)}
     return write_bin(path, [cache[int(i)] for i in pairs.ravel()], issame)

@@ -25,8 +25,9 @@ def _image_folder(root, sizes, fmt="jpg", seed=0):
 
 
 def _mx_face_dataset_view(folder):
-    """What arcface_torch's MXFaceDataset sees, re-implemented from the format definition (mxnet recordio.py and
-    dmlc recordio.cc) with plain struct calls: (labels, image bytes) for keys 1 .. header0.label[0]-1."""
+    "(labels, image bytes, identity ranges) as arcface_torch's MXFaceDataset sees them"
+    # re-implemented from the format definition (mxnet recordio.py, dmlc recordio.cc) with plain struct calls,
+    # so our reader is not checked against itself
     idx = {int(k): int(v) for k, v in (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
     data = (folder / "train.rec").read_bytes()
 
