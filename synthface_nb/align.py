@@ -13,9 +13,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from .core import atomic_dir, resolve_device, write_json_atomic
-from .data import BadImageError, FaceDataset, ImageFolderDataset, encode_image, image_grid
+from .core import atomic_dir, resolve_device, write_json_atomic, write_text_atomic
+from .data import BadImageError, FaceDataset, ImageFolderDataset, decode_image, encode_image, image_grid
 
 # %% auto #0
 __all__ = ['ARCFACE_TEMPLATE_112', 'LEGACY_TEMPLATE_96x112', 'TEMPLATES', 'NO_FACE', 'SEVERAL_FACES', 'LOW_PROBABILITY',
@@ -114,12 +115,16 @@ def load_mtcnn(device: str | torch.device = "cpu", min_face_size: int = 20,
     return MTCNN(keep_all=True, select_largest=False, min_face_size=int(min_face_size),
                  thresholds=list(thresholds), device=resolve_device(device)).eval()
 
+def _group_by_shape(items) -> list[list[int]]:
+    "The keys of `(key, array)` pairs grouped by array shape: MTCNN and the warp batch only images of one size"
+    groups: dict[tuple, list[int]] = {}
+    for k, im in items: groups.setdefault(np.shape(im), []).append(k)
+    return list(groups.values())
+
 def detect_faces(images: Sequence[np.ndarray], detector: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     "Boxes (k, 4), probabilities (k,) and landmarks (k, 5, 2) of the faces in each uint8 HWC RGB image"
     out: list = [None] * len(images)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images): by_shape.setdefault(np.shape(im), []).append(i)
-    for idx in by_shape.values():  # MTCNN batches only images of one size
+    for idx in _group_by_shape(enumerate(images)):
         boxes, probs, points = detector.detect(np.stack([images[i] for i in idx]), landmarks=True)
         for i, b, p, l in zip(idx, boxes, probs, points):
             out[i] = ((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))) if b is None else
@@ -149,7 +154,6 @@ def select_face(boxes: np.ndarray, probs: np.ndarray, image_size: tuple[int, int
 # %% ../nbs/04_align.ipynb #842b402c
 def write_landmarks(path: str | Path, landmarks: dict[str, np.ndarray], decimals: int = 3) -> Path:
     "Write a landmark file (relative image path -> 5 [x, y] points), one image per line, atomically"
-    from synthface_nb.core import write_text_atomic
     lines = [f"{json.dumps(k)}: {json.dumps(np.round(np.asarray(v, np.float64), decimals).tolist())}"
              for k, v in sorted(landmarks.items())]
     return write_text_atomic(path, "{\n" + ",\n".join(lines) + "\n}\n")
@@ -214,6 +218,7 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
                   source_template: str = "arcface_112", device: str | torch.device = "cpu", progress: bool = True) -> dict:
     "Align every image of `source` into `out_dir/<identity>/<image>`; failures are skipped and listed in the report"
     from tqdm.auto import tqdm
+    device = resolve_device(device)   # once, for the detector and the warp alike
     if detector not in DETECTORS: raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got '{detector}'")
     if policy not in POLICIES: raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     points, size = get_template(template)
@@ -235,9 +240,7 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
             imgs, marks, how, failed, p = _chunk_landmarks(ds, names, range(start, min(start + batch_size, len(ds))),
                                                            detector, given, net, policy, min_prob, source_template)
             failures += failed; probs += p; sizes |= {im.shape[:2] for im in imgs.values()}
-            by_shape: dict[tuple, list[int]] = {}
-            for i in marks: by_shape.setdefault(imgs[i].shape, []).append(i)
-            for group in by_shape.values():
+            for group in _group_by_shape((i, imgs[i]) for i in marks):
                 M = similarity_transform(np.stack([marks[i] for i in group]), points)
                 ok = np.isfinite(M).all((1, 2))   # coincident landmarks have no similarity
                 failures += [{"image": names[i], "reason": BAD_LANDMARKS} for i, g in zip(group, ok) if not g]
@@ -295,8 +298,6 @@ def _align_report(ds, source, out_dir, detector, template, size, policy, min_pro
 # %% ../nbs/04_align.ipynb #ecad1201
 def before_after_grid(source: FaceDataset | str | Path, aligned_dir: str | Path, n: int = 8) -> np.ndarray:
     "Two rows: the first `n` aligned images' sources (squared, resized) over their crops from `aligned_dir`"
-    from PIL import Image
-    from synthface_nb.data import decode_image
     ds = source if isinstance(source, FaceDataset) else ImageFolderDataset(source, skip_bad=True)
     index = {str(Path(name).with_suffix("")): i for i, name in enumerate(_image_names(ds))}
     done = sorted(read_landmarks(Path(aligned_dir)/"landmarks.json"))[:n]

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .align import ARCFACE_TEMPLATE_112, warp_affine, write_landmarks
+from .align import ARCFACE_TEMPLATE_112, transform_points, warp_affine, write_landmarks
 from .core import atomic_dir, sample_rng, write_json_atomic
 from .data import FaceDataset, encode_image
 
@@ -293,7 +293,7 @@ def _render_chunk(seed: int, identities: np.ndarray, indices: np.ndarray, diffic
     P = pose_matrices(N)
     canvas_to_canonical = np.array([[1, 0, -PAD], [0, 1, -PAD], [0, 0, 1.0]])
     out = warp_affine(torch.from_numpy(_render_canvas(I, N, L)), P @ canvas_to_canonical, (SIZE, SIZE)).numpy()
-    marks = np.einsum("bij,bkj->bki", P[:, :2, :2], L.astype(np.float64)) + P[:, None, :2, 2]
+    marks = transform_points(P, L)
     _, X, Y = _grid(0, SIZE - 1, 0, SIZE - 1)
     xr, yr = X[..., None] / SIZE - 0.5, Y[..., None] / SIZE - 0.5          # (1, 1, W, 1), (1, H, 1, 1)
     bg = (N["bg"][:, None, None] + N["bg_grad"][:, 0, None, None] * xr + N["bg_grad"][:, 1, None, None] * yr).transpose(0, 3, 1, 2)
