@@ -6,7 +6,6 @@ Docs: https://synthface.github.io/synthface_nb/backbones.html.md"""
 
 # %% ../nbs/10_backbones.ipynb #d737c86d
 from __future__ import annotations
-import math
 
 import torch
 import torch.nn as nn
@@ -47,14 +46,14 @@ class IBasicBlock(nn.Module):
         return out + (x if self.downsample is None else self.downsample(x))
 
 # %% ../nbs/10_backbones.ipynb #692b7647
-def feature_map_size(input_size: int | tuple[int, int], n_stages: int = 4) -> tuple[int, int]:
-    "Spatial size of the last feature map: each stride-2 stage maps n to ceil(n / 2)"
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    for _ in range(n_stages): h, w = -(-h // 2), -(-w // 2)
-    return h, w
-
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+def feature_map_size(input_size: int | tuple[int, int], n_stages: int = 4) -> tuple[int, int]:
+    "Spatial size of the last feature map: each stride-2 stage maps n to ceil(n / 2)"
+    h, w = _as_hw(input_size)
+    for _ in range(n_stages): h, w = -(-h // 2), -(-w // 2)
+    return h, w
 
 # %% ../nbs/10_backbones.ipynb #4096a5ba
 class IResNet(nn.Module):

@@ -11,12 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .core import write_json_atomic
+from .core import Registry, write_json_atomic
 from .recordio import open_face_dataset
 from .distributed import dist_info, init_distributed, shutdown_distributed
-from .trainer import TrainConfig, train_fr, write_color_folder
+from .objectives import objectives
+from .trainer import TrainConfig, train_fr
 
 # %% auto #0
 __all__ = ['presets', 'strategy_objective', 'paper_sface', 'cpu_preset', 'get_preset', 'train_fr_stage', 'train_teacher_stage',
@@ -32,6 +32,9 @@ def strategy_objective(strategy: str, head: str = "cosface", margin: float | Non
     if strategy == "cl": return "cl", {"head": head, "head_kwargs": head_kwargs, "weight": float(kt_weight)}
     raise ValueError(f"unknown strategy '{strategy}'; known: cl, cls, kt")
 
+presets = Registry("preset")
+
+@presets.register("paper_sface")
 def paper_sface(strategy: str = "cls") -> TrainConfig:
     "SFace's published setting (iresnet50, CosFace 64/0.35, 128/GPU x 4 GPUs, 64 epochs, x0.1 at 40/48/52)"
     name, kwargs = strategy_objective(strategy)
@@ -40,6 +43,7 @@ def paper_sface(strategy: str = "cls") -> TrainConfig:
                        schedule="step", milestones=(40, 48, 52), clip_grad_norm=5.0, num_workers=8, log_every=50,
                        checkpoint_every=2000, eval_every=2000)
 
+@presets.register("cpu")
 def cpu_preset(strategy: str = "cls") -> TrainConfig:
     "A quarter-width iresnet18 at 56x56 that trains in minutes on a 2-core CPU"
     name, kwargs = strategy_objective(strategy)
@@ -48,12 +52,9 @@ def cpu_preset(strategy: str = "cls") -> TrainConfig:
                        schedule="cosine", warmup_epochs=0.5, clip_grad_norm=5.0, amp="auto", num_workers=1,
                        num_threads=1, log_every=5, checkpoint_every=100, eval_every=0)
 
-presets = {"paper_sface": paper_sface, "cpu": cpu_preset}
-
 def get_preset(name: str, strategy: str = "cls") -> TrainConfig:
     "The preset `name` for `strategy`; an unknown name lists the known ones"
-    if name not in presets: raise KeyError(f"unknown preset '{name}'; known: {', '.join(sorted(presets))}")
-    return presets[name](strategy)
+    return presets.get(name)(strategy)
 
 # %% ../nbs/32_fr_stages.ipynb #0eb30160
 def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "cls", teacher_path: str | Path | None = None,
@@ -76,7 +77,7 @@ def train_fr_stage(data_dir: str | Path, out_dir: str | Path, strategy: str = "c
                    resume=resume and (out_dir/"checkpoint.pt").exists(), live_dir=out_dir/"live", progress=progress,
                    meta=meta)
     losses = res.losses
-    uses_teacher = teacher_path is not None and name in ("kt", "cl")
+    uses_teacher = teacher_path is not None and objectives.get(name).needs_teacher
     summary = {"strategy": strategy, "data_dir": str(data_dir), "teacher": str(teacher_path) if uses_teacher else None,
                "n_images": len(ds), "n_identities": ds.num_classes, "steps": res.step, "finished": res.finished,
                "first_loss": losses[0] if losses else None, "final_loss": float(np.mean(losses[-5:])) if losses else None,

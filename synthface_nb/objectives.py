@@ -7,7 +7,6 @@ Docs: https://synthface.github.io/synthface_nb/objectives.html.md"""
 # %% ../nbs/30_objectives.ipynb #0c431eed
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math, random, time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -253,10 +253,10 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     if resume is True:
         if out_dir is None: raise ValueError("resume=True needs out_dir (the checkpoint is out_dir/checkpoint.pt)")
         resume = out_dir/"checkpoint.pt"
+    config = asdict(cfg)
     ckpt = load_checkpoint(resume, kind="fr_train") if resume else None
     if ckpt is not None:
-        old = ckpt["config"]
-        diff = [k for k in _RESUME_MUST_MATCH if old.get(k) != asdict(cfg)[k]]
+        diff = [k for k in _RESUME_MUST_MATCH if ckpt["config"].get(k) != config[k]]
         if ckpt["world_size"] != info.world_size: diff.append(f"world_size ({ckpt['world_size']} vs {info.world_size})")
         if diff: raise ValueError(f"{resume}: cannot resume with a different {', '.join(diff)}")
 
@@ -303,7 +303,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
             save_checkpoint(out_dir/"checkpoint.pt", {
                 "backbone": dict(backbone.spec), "model": backbone.state_dict(), "objective": objective.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": asdict(cfg),
+                "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": config,
                 "world_size": info.world_size, "history": history}, kind="fr_train")
         barrier()
 
@@ -326,8 +326,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
-        gnorm = (torch.nn.utils.clip_grad_norm_([p for p in backbone.parameters() if p.grad is not None], cfg.clip_grad_norm)
-                 if cfg.clip_grad_norm else None)
+        gnorm = torch.nn.utils.clip_grad_norm_(backbone.parameters(), cfg.clip_grad_norm) if cfg.clip_grad_norm else None
         scaler.step(opt); scaler.update(); sched.step()
         step += 1
         bar.update(1)
@@ -352,7 +351,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     bar.close()
     seconds = time.perf_counter() - t_start
     if step >= total and info.is_main and out_dir is not None:
-        save_fr_model(out_dir/"model.pt", backbone, config=asdict(cfg), step=step, num_classes=dataset.num_classes, **meta)
+        save_fr_model(out_dir/"model.pt", backbone, config=config, step=step, num_classes=dataset.num_classes, **meta)
     if live is not None: live.end()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
     return TrainResult(history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9), evals)
