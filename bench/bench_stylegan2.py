@@ -81,7 +81,7 @@ def _training_step() -> None:
     report("cpu preset: training step (Gmain + Dmain), batch 16", n / min(times), "img/s")
     st.step = 16
     t = time.perf_counter(); training_step(st, cfg, real, idx, cond, 100, seed=0)
-    report("cpu preset: training step with lazy R1 and path length", n / (time.perf_counter() - t), "img/s")
+    report("cpu preset: training step with lazy R1 (the preset has no path length)", n / (time.perf_counter() - t), "img/s")
 
 
 def main() -> None:

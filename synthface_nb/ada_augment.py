@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import is_distributed
+from .distributed import all_reduce_mean
 
 # %% auto #0
 __all__ = ['AUGMENT_SPECS', 'translate2d', 'scale2d', 'rotate2d', 'translate3d', 'scale3d', 'rotate3d', 'AugmentPipe',
@@ -182,10 +182,9 @@ class AdaController:
     def update(self, step: int) -> float:
         "After minibatch `step` (0-based): adjust p every `interval` steps; return p"
         if (step + 1) % self.interval: return float(self.pipe.p)
-        stats = torch.tensor([self.sign_sum, float(self.count)], dtype=torch.float64)
-        if is_distributed():
-            import torch.distributed as dist
-            stats = stats.to(self.pipe.p.device); dist.all_reduce(stats); stats = stats.cpu()
+        # means over ranks: their ratio is the ratio of the sums
+        stats = all_reduce_mean(torch.tensor([self.sign_sum, float(self.count)], dtype=torch.float64,
+                                             device=self.pipe.p.device)).cpu()
         self.sign_sum, self.count = 0.0, 0
         if stats[1] == 0: return float(self.pipe.p)
         self.last_rt = float(stats[0] / stats[1])

@@ -16,6 +16,8 @@ from .core import sample_rng, torch_generator
 from .data import FaceDataset, to_float_images
 from .fr_models import FRModel, TorchFRModel, class_centres
 from .generators import FaceGenerator
+from .stylegan2 import StyleGAN2FaceGenerator
+from .stylegan2_training import TrainingImages
 
 # %% auto #0
 __all__ = ['kid', 'thumbnail_features', 'identity_accuracy', 'ProbeNet', 'train_probe', 'embed_at_resolution', 'generator_scores',
@@ -62,12 +64,16 @@ class ProbeNet(nn.Module):
 
     def forward(self, x): return self.features(x)
 
+def _images_at(dataset: FaceDataset, resolution: int | None) -> torch.Tensor:
+    "Every image of `dataset` as uint8 (n, 3, r, r), resized to `resolution` as the GAN sees them (None: as stored)"
+    if resolution is None: return torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return TrainingImages(dataset, resolution, cache=True).cache
+
 def train_probe(dataset: FaceDataset, resolution: int, epochs: int = 15, batch_size: int = 64, seed: int = 0,
-                device: str | torch.device = "cpu", width: int = 32) -> TorchFRModel:
-    "Train a `ProbeNet` on `dataset` resized to `resolution` (flips and small shifts); return it as an `FRModel`"
-    from synthface_nb.stylegan2_training import TrainingImages
-    data = TrainingImages(dataset, resolution, cache=True)
-    images, labels = data.cache, torch.as_tensor(data.labels)
+                device: str | torch.device = "cpu", width: int = 32, images: torch.Tensor | None = None) -> TorchFRModel:
+    "Train a `ProbeNet` on `dataset` resized to `resolution` (flips and small shifts; `images`: those already resized)"
+    images = _images_at(dataset, resolution) if images is None else images
+    labels = torch.as_tensor(np.asarray(dataset.labels))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ProbeNet(dataset.num_classes, width).to(device)
@@ -92,9 +98,9 @@ def train_probe(dataset: FaceDataset, resolution: int, epochs: int = 15, batch_s
 # %% ../nbs/25_gan_metrics.ipynb #844ebaff
 def embed_at_resolution(fr: FRModel, dataset: FaceDataset, resolution: int | None = None, batch_size: int = 256) -> torch.Tensor:
     "Embeddings of every image of `dataset`, resized first to the generator's `resolution` as the GAN sees them"
-    from synthface_nb.stylegan2_training import TrainingImages
-    if resolution is not None: imgs = TrainingImages(dataset, resolution, cache=True).cache
-    else: imgs = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    return _embed_images(fr, _images_at(dataset, resolution), batch_size)
+
+def _embed_images(fr: FRModel, imgs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([fr.embed(to_float_images(imgs[s:s + batch_size])) for s in range(0, len(imgs), batch_size)])
 
 def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Tensor, real_labels: np.ndarray,
@@ -117,13 +123,10 @@ def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Ten
 def probe_scorer(dataset: FaceDataset, resolution: int, per_class: int = 10, max_classes: int = 50, epochs: int = 15,
                  seed: int = 0, device: str | torch.device = "cpu"):
     "An `on_snapshot(G, step) -> {identity_acc, kid, pixel_kid}` callback scoring a class-conditional generator"
-    from synthface_nb.stylegan2 import StyleGAN2FaceGenerator
-    from synthface_nb.stylegan2_training import TrainingImages
-    probe = train_probe(dataset, resolution, epochs=epochs, seed=seed, device=device)
-    real = embed_at_resolution(probe, dataset, resolution)
-    thumbs = thumbnail_features(to_float_images(TrainingImages(dataset, resolution, cache=True).cache))
+    imgs = _images_at(dataset, resolution)  # decoded and resized once for the probe, its embeddings and the thumbnails
+    probe = train_probe(dataset, resolution, epochs=epochs, seed=seed, device=device, images=imgs)
+    real, thumbs = _embed_images(probe, imgs), thumbnail_features(to_float_images(imgs))
     def score(G, step: int) -> dict:
         return generator_scores(StyleGAN2FaceGenerator(G, device=device), probe, real, dataset.labels,
                                 per_class=per_class, max_classes=max_classes, seed=seed, real_thumbnails=thumbs)
-    score.probe, score.real_embeddings = probe, real
     return score

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .core import atomic_dir, atomic_write, file_digest, write_json_atomic
 from .data import encode_image, to_uint8_images
 from .distributed import barrier, dist_info, init_distributed, shard_range, shutdown_distributed
+from .fr_models import resize_to
 from .generators import FaceGenerator, load_generator, seed_policies
 
 # %% auto #0
@@ -45,8 +44,8 @@ def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, se
 def _check_spec(path: Path, spec: dict, on_change: str, folders: list[Path], world_size: int) -> None:
     "Write the spec of a new generation; accept the same spec (resume); on a different one raise or start over"
     if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(spec) if old.get(k) != json.loads(json.dumps(spec)).get(k))
+        old, new = json.loads(path.read_text()), json.loads(json.dumps(spec))  # compare as stored (tuples -> lists)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if not diff: return
         if on_change != "restart" or world_size > 1:
             raise ValueError(f"{path}: the folder holds a generation with different {', '.join(diff)}; use another "
@@ -62,7 +61,7 @@ def _write_group(generator, group, pending, out_dirs, per_identity, seed, policy
     slices = generator.modality_slices()
     seeds = {k: seed_policies.get(policy)(seed, k, per_identity) for k in group}
     items = [(k, i) for k in group for i in range(per_identity)]
-    written = 0
+    manifests = {k: [] for k in pending}
     with contextlib.ExitStack() as stack:
         tmp = {m: {k: stack.enter_context(atomic_dir(_class_dir(out_dirs[m], k))) for k in pending}
                for m in out_dirs}  # the main modality's folders are entered first, so renamed last
@@ -72,19 +71,17 @@ def _write_group(generator, group, pending, out_dirs, per_identity, seed, policy
             sd = [int(seeds[k][i]) for k, i in chunk]
             imgs = generator.generate(generator.identity_conditions(ks, seed), sd, truncation_psi=psi,
                                       noise_mode=noise_mode, **gen_kwargs)
-            if output_size is not None and imgs.shape[-1] != output_size:
-                imgs = F.interpolate(imgs, size=(output_size, output_size), mode="bilinear", align_corners=False, antialias=True)
+            if output_size is not None: imgs = resize_to(imgs, (output_size, output_size))
             for m, sl in slices.items():
                 u8 = to_uint8_images(imgs[:, sl]).permute(0, 2, 3, 1).numpy()
                 for (k, i), im in zip(chunk, u8):
                     if k in tmp[m]: (tmp[m][k] / f"{i:06d}.png").write_bytes(encode_image(im if im.shape[2] == 3 else im[..., 0]))
             for (k, i), sv in zip(chunk, sd):
-                if k in tmp["rgb"]:
-                    rec = {"identity": k, "index": i, "path": f"{k:06d}/{i:06d}.png", "seed": sv,
-                           "truncation_psi": psi, "noise_mode": noise_mode, "seed_policy": policy}
-                    with open(tmp["rgb"][k] / ".manifest.jsonl", "a") as f: f.write(json.dumps(rec) + "\n")
-                    written += 1
-    return written
+                if k in manifests:
+                    manifests[k].append(json.dumps({"identity": k, "index": i, "path": f"{k:06d}/{i:06d}.png", "seed": sv,
+                                                    "truncation_psi": psi, "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
+        for k, lines in manifests.items(): (tmp["rgb"][k] / ".manifest.jsonl").write_text("".join(lines))
+    return sum(len(lines) for lines in manifests.values())
 
 # %% ../nbs/24_generation.ipynb #8331af38
 def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, images_per_identity: int,
@@ -115,9 +112,10 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
                                                    truncation_psi, noise_mode, source, output_size),
                 on_change, list(out_dirs.values()), world_size)
     mine = [ids[j] for j in shard_range(len(ids), rank, world_size)]
-    for d in out_dirs.values():  # temporary folders left by a killed run
-        for k in mine:
-            for stale in d.glob(f".{k:06d}.*.tmp"): shutil.rmtree(stale, ignore_errors=True)
+    mine_names = {f"{k:06d}" for k in mine}  # other ranks' temporary folders may be in use
+    for d in out_dirs.values():  # temporary folders left by a killed run: one listing per folder
+        for stale in d.glob(".*.tmp"):
+            if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
     report = {"rank": rank, "world_size": world_size, "identities": len(mine), "generated_identities": 0,
               "skipped_identities": 0, "images_written": 0}
     bar = tqdm(total=len(mine), mininterval=30, disable=not progress, desc=f"generate[{rank}]")

@@ -124,7 +124,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", **kwarg
         importlib.import_module(f"synthface_nb.{family}")
     try: loader = generators.get(family)
     except KeyError as e: raise KeyError(f"{path}: {e.args[0]}") from None
-    return loader(state, device=device, **kwargs)
+    # loaders see only the dict, so the file is named here for every family
+    try: return loader(state, device=device, **kwargs)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/20_generators.ipynb #b2b6343b
 seed_policies = Registry("seed policy")

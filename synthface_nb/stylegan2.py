@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import torch_generator
+from .core import load_state_strict, torch_generator
 from .generators import (ClassConditioning, Conditions, FaceGenerator, conditionings, generators,
                                      latents_from_seeds)
 
@@ -485,7 +485,6 @@ class StyleGAN2FaceGenerator(FaceGenerator):
 @generators.register("stylegan2")
 def load_stylegan2_generator(state: dict, device: str | torch.device = "cpu", **kwargs) -> StyleGAN2FaceGenerator:
     "Build the `StyleGAN2FaceGenerator` stored in checkpoint dict `state` (G_config, G_ema, conditioning)"
-    from synthface_nb.core import load_state_strict
     for key in ("G_config", "G_ema"):
         if key not in state: raise ValueError(f"stylegan2 checkpoint has no '{key}' entry")
     with torch.random.fork_rng(devices=[]):  # construction draws random init that is overwritten at once

@@ -20,6 +20,7 @@ from .core import (atomic_write, derive_seed, load_checkpoint, load_state_strict
                                torch_generator)
 from .data import FaceDataset, ImageFolderDataset, image_grid, save_image, to_float_images, to_uint8_images
 from .distributed import all_reduce_mean, dist_info, is_distributed
+from .fr_models import resize_to
 from .generators import ClassConditioning, conditionings
 from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators, build_generator,
                                     generator_checkpoint, stylegan2_config)
@@ -93,9 +94,7 @@ class TrainingImages(torch.utils.data.Dataset):
     def _load(self, i: int) -> torch.Tensor:
         img = torch.from_numpy(np.ascontiguousarray(self.dataset.load_image(i).transpose(2, 0, 1)))
         if img.shape[1:] == (self.resolution, self.resolution): return img
-        x = F.interpolate(img[None].float(), size=(self.resolution, self.resolution), mode="bilinear",
-                          align_corners=False, antialias=True)
-        return x[0].round().clamp(0, 255).to(torch.uint8)
+        return resize_to(img[None].float(), (self.resolution, self.resolution))[0].round().clamp(0, 255).to(torch.uint8)
 
     def __len__(self) -> int: return len(self.labels)
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
@@ -166,8 +165,6 @@ class StyleGAN2Loss:
         self.pl_weight, self.pl_batch_shrink, self.pl_decay = pl_weight, pl_batch_shrink, pl_decay
         self.head_weights = head_weights or {k: 1.0 for k in G.heads}
         if set(D.keys()) != set(G.heads): raise ValueError(f"discriminators {sorted(D.keys())} do not match generator heads {sorted(G.heads)}")
-        self.slices, start = {}, 0
-        for k, ch in G.heads.items(): self.slices[k], start = slice(start, start + ch), start + ch
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
 
     def run_G(self, z, c, gen=None):
@@ -182,7 +179,7 @@ class StyleGAN2Loss:
 
     def split_heads(self, img) -> dict[str, torch.Tensor]:
         "The channels of each head in an image stack (n, sum of head channels, H, W)"
-        return {h: img[:, sl] for h, sl in self.slices.items()}
+        return dict(zip(self.G.heads, img.split(list(self.G.heads.values()), dim=1)))
 
     def run_D(self, head: str, x, c, gen=None):
         "Logits of head `head`'s discriminator on its images `x` (augmented first)"
@@ -205,6 +202,7 @@ class StyleGAN2Loss:
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
             img, ws = self.run_G(gen_z[:n], gen_c[:n], gen)
             pen, self.pl_mean, _ = path_length_penalty(img, ws, self.pl_mean, self.pl_decay, gen)
+            # the zero term (as in the reference) gives every parameter behind the image a gradient, 0 if untouched
             (img[:, 0, 0, 0] * 0 + pen * self.pl_weight).mean().mul(gain).backward()
             stats["loss/pl_penalty"] = pen.detach().mean()
         elif phase == "Dmain":
@@ -343,9 +341,9 @@ def training_step(state: TrainingState, config: dict, real_u8: torch.Tensor, rea
         module.requires_grad_(False)
         _sync_grads(module)
         opt.step()
-    if is_distributed():  # w_avg was tracked on each rank's images: average it (exactly the global-batch update)
-        for b in state.G.buffers():
-            if b.is_floating_point(): b.copy_(all_reduce_mean(b))
+    w_avg = getattr(state.G.mapping, "w_avg", None)  # the only buffer training changes; the others are constants
+    if is_distributed() and w_avg is not None:  # tracked on each rank's images: average it (exactly the global-batch update)
+        w_avg.copy_(all_reduce_mean(w_avg))
     batch = config["batch_size"]
     ema_update(state.G_ema, state.G, ema_beta(batch, state.cur_nimg, config["ema_kimg"], config.get("ema_rampup")))
     state.cur_nimg += batch
@@ -412,15 +410,18 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
     snap_steps = max(1, round(snapshot_kimg * 1000 / config["batch_size"]))
     last_step = total_steps if max_steps is None else min(total_steps, state.step + max_steps)
 
+    def save_grid():
+        save_image(out_dir / "grids" / f"nimg{state.cur_nimg:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
+
     def snapshot():
         if not info.is_main: return {}
         save_checkpoint(ckpt_path, _state_dict(state, config, seed), kind="stylegan2_training")
         save_checkpoint(out_dir / "generator.pt", generator_checkpoint(state.G_ema, conditioning), kind="generator")
-        save_image(out_dir / "grids" / f"nimg{state.cur_nimg:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
+        save_grid()
         return on_snapshot(state.G_ema, state.step) if on_snapshot is not None else {}
 
     if state.step == 0 and info.is_main:
-        save_image(out_dir / "grids" / f"nimg{0:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
+        save_grid()
         if on_snapshot is not None: _log(history, log_path, {"step": 0, "kimg": 0.0, **on_snapshot(state.G_ema, 0)})
     acc, train_s, done_imgs = {}, 0.0, 0
     bar = tqdm(total=last_step - state.step, mininterval=30, disable=not (progress and info.is_main), desc="train")
@@ -449,7 +450,7 @@ def _log(history: list, path: Path, rec: dict) -> None:
 # %% ../nbs/23_stylegan2_training.ipynb #2205783b
 def main(argv: list[str] | None = None) -> int:
     "Command line of `train_stylegan2` on an image folder (run under `torchrun` for data parallelism)"
-    import argparse, sys
+    import argparse
     from synthface_nb.distributed import init_distributed, shutdown_distributed
     ap = argparse.ArgumentParser(prog="python -m synthface_nb.stylegan2_training", description=train_stylegan2.__doc__)
     ap.add_argument("--data", required=True); ap.add_argument("--out", required=True)
