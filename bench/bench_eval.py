@@ -12,26 +12,19 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, efficiency, matmul_gflops, report, section  # noqa: E402
 
+from synthface_nb.backbones import iresnet18
 from synthface_nb.data import encode_image
 from synthface_nb.fr_models import TorchFRModel
-from synthface_nb.verification import (THRESHOLDS, distance_metrics, embed_flip_sum, fold_accuracies, load_benchmark,
-                                       pair_distances)
+from synthface_nb.verification import (THRESHOLDS, distance_metrics, embed_flip_sum, eval_batch_size, fold_accuracies,
+                                       load_benchmark, pair_distances)
 from synthface_nb.verification_bin import write_bin
 
 N_PAIRS = 200           # a few hundred pairs keep the whole file near a minute on 2 cores
-BATCH = 8                # the CPU default (verification.eval_batch_size): 64 runs 2.5x slower here
+BATCH = eval_batch_size("cpu")   # the CPU default, 8: batch 64 runs 2.5x slower here
 
 
 def _backbone(width: float) -> tuple[torch.nn.Module, str]:
-    try:
-        from synthface_nb.backbones import iresnet18
-        return iresnet18(width=width).eval(), f"iresnet18 x{width:g} @112"
-    except ImportError:  # the FR core is not there: a small conv net stands in
-        c = max(8, int(64 * width))
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, c, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(c, 2 * c, 3, 2, 1),
-                                  torch.nn.ReLU(), torch.nn.Conv2d(2 * c, 4 * c, 3, 2, 1), torch.nn.ReLU(),
-                                  torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4 * c, 512))
-        return net.eval(), f"conv net x{width:g} @112"
+    return iresnet18(width=width).eval(), f"iresnet18 x{width:g} @112"
 
 
 def _matmul_now(n: int = 1536) -> float:

@@ -57,14 +57,16 @@ class PrivacyDiversityFilter(EmbeddingFilter):
         if len(self.reference) and self.reference.shape[1] != e.shape[1]:
             raise ValueError(f"reference features are {self.reference.shape[1]}-d, embeddings {e.shape[1]}-d")
         thr, hi = self.same_identity, self.too_similar
-        ref_i, ref_c = _max_abs_cos(e, self.reference) if len(self.reference) else (np.full(len(e), -1), np.zeros(len(e)))
+        ref_i, ref_c = _max_abs_cos(e, self.reference)
         mask, reasons = np.zeros(len(e), bool), [""] * len(e)
-        accepted: list[np.ndarray] = []                 # first samples of accepted synthetic identities
-        _, first_pos = np.unique(labels, return_index=True)
-        for lab in labels[np.sort(first_pos)]:          # identities in order of first appearance
-            idx = np.flatnonzero(labels == lab)
-            first, acc = e[idx[0]], np.stack(accepted) if accepted else np.zeros((0, e.shape[1]), np.float32)
-            acc_cos = np.abs(acc @ first) if len(acc) else np.zeros(0)
+        _, first_pos, inv = np.unique(labels, return_index=True, return_inverse=True)
+        members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])   # ascending, per identity
+        accepted = np.empty((len(first_pos), e.shape[1]), np.float32)   # first samples of accepted identities
+        n_acc = 0
+        for u in np.argsort(first_pos):                 # identities in order of first appearance
+            idx, acc = members[u], accepted[:n_acc]
+            first = e[idx[0]]
+            acc_cos = np.abs(acc @ first)
             why = (f"identity_not_private: |cos| {ref_c[idx[0]]:.3f} > {thr:.3f} to authentic identity {ref_i[idx[0]]}"
                    if ref_c[idx[0]] > thr else
                    f"identity_not_separable: |cos| {acc_cos.max():.3f} > {thr:.3f} to accepted identity {int(acc_cos.argmax())}"
@@ -73,9 +75,10 @@ class PrivacyDiversityFilter(EmbeddingFilter):
                 for i in idx: reasons[i] = why if i == idx[0] else "identity_rejected: its first sample failed"
                 continue
             kept = [idx[0]]
-            for i in idx[1:]:
+            # the accepted identities do not change within an identity: one product for all its later samples
+            later_acc = np.abs(e[idx[1:]] @ acc.T).max(1) if n_acc else np.zeros(len(idx) - 1)
+            for i, a_c in zip(idx[1:], later_acc):
                 s = e[i]
-                a_c = np.abs(acc @ s).max() if len(acc) else 0.0
                 if self.samples_per_id and len(kept) >= self.samples_per_id:
                     reasons[i] = f"enough_samples: identity already has {self.samples_per_id}"
                 elif ref_c[i] > thr or a_c > thr:
@@ -89,7 +92,7 @@ class PrivacyDiversityFilter(EmbeddingFilter):
                 for i in kept: reasons[i] = f"too_few_samples: {len(kept)} of {self.samples_per_id} passed"
                 continue
             mask[kept] = True
-            accepted.append(first)
+            accepted[n_acc] = first; n_acc += 1
         return mask, reasons
 
 # %% ../nbs/46_filters.ipynb #c4d38dfb

@@ -6,7 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/leakage.html.md"""
 
 # %% ../nbs/44_leakage.ipynb #824f8204
 from __future__ import annotations
-import csv, io
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +20,7 @@ from .recordio import open_face_dataset
 from .fr_models import load_fr_model
 from .metrics import json_ready, plot_score_histograms, save_figure
 from .quality import (ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA, EmbeddedSet, best_matches, centre_similarities,
-                                  embed_dataset, generated_set_quality, genuine_scores, impostor_scores)
+                                  embed_dataset, generated_set_quality, genuine_scores, genuine_statistics, impostor_scores)
 
 # %% auto #0
 __all__ = ['threshold_at_fmr', 'identity_leakage', 'label_relation', 'identity_relation_test', 'top_pairs_grid', 'leakage_audit',
@@ -47,7 +47,8 @@ def identity_leakage(synthetic: EmbeddedSet, authentic: EmbeddedSet, fmr: float 
     "Best authentic match of every synthetic identity and image, against thresholds at `fmr` with baselines"
     if authentic.num_classes < 2: raise ValueError("the authentic set needs at least two identities")
     a_c, s_c = authentic.centres(), synthetic.centres()
-    s_present = np.bincount(synthetic.labels, minlength=synthetic.num_classes) > 0
+    s_counts = np.bincount(synthetic.labels, minlength=synthetic.num_classes)
+    s_present = s_counts > 0
     # identity level: centres against centres
     thr_id = threshold_at_fmr(centre_similarities(a_c), fmr)
     best_i, best_cos = best_matches(s_c[s_present], a_c, batch_size, device)
@@ -57,8 +58,7 @@ def identity_leakage(synthetic: EmbeddedSet, authentic: EmbeddedSet, fmr: float 
     thr_s = threshold_at_fmr(imp_s, fmr)
     smp_i, smp_cos = best_matches(synthetic.embeddings, a_c, batch_size, device)
     _, smp_base = best_matches(authentic.embeddings, a_c, batch_size, device, exclude=authentic.labels)
-    per_id = np.bincount(synthetic.labels, weights=smp_cos > thr_s, minlength=synthetic.num_classes)[s_present] \
-        / np.bincount(synthetic.labels, minlength=synthetic.num_classes)[s_present]
+    per_id = np.bincount(synthetic.labels, weights=smp_cos > thr_s, minlength=synthetic.num_classes)[s_present] / s_counts[s_present]
     names = np.asarray(synthetic.classes)[s_present]
     matches = [{"synthetic": str(n), "authentic": authentic.classes[i], "cos": float(c), "above": bool(c > thr_id),
                 "share_images_above": float(p)} for n, i, c, p in zip(names, best_i, best_cos, per_id)]
@@ -140,10 +140,9 @@ def top_pairs_grid(synthetic: EmbeddedSet, authentic: EmbeddedSet, matches: Sequ
 
 # %% ../nbs/44_leakage.ipynb #6c546984
 def _write_csv(path: Path, rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
-    with atomic_write(path, "w") as f: f.write(buf.getvalue())
+    with atomic_write(path, "w") as f:
+        if rows:
+            w = csv.DictWriter(f, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
     return path
 
 def leakage_audit(synthetic: EmbeddedSet, authentic: EmbeddedSet, out_dir: str | Path | None = None, fmr: float = 1e-3,
@@ -173,7 +172,7 @@ def leakage_audit(synthetic: EmbeddedSet, authentic: EmbeddedSet, out_dir: str |
 # %% ../nbs/44_leakage.ipynb #4c091976
 def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path], authentic: str | Path, model_path: str | Path,
                          out_dir: str | Path = "artifacts/audit", fmr: float = 1e-3, relation: str = "auto",
-                         thresholds: str = "authentic", k: int = 8, fid: bool = False, batch_size: int = 64,
+                         thresholds: str = "authentic", k: int = 8, fid: bool = False, batch_size: int | None = None,
                          device: str | torch.device = "cpu", seed: int = 0) -> dict:
     "Quality and leakage of every generated image folder against the authentic one; JSON + PNG per set"
     sets = dict(generated) if isinstance(generated, dict) else {Path(p).name: Path(p) for p in generated}
@@ -182,10 +181,10 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     model = load_fr_model(model_path, device=device)
     auth_ds = open_face_dataset(authentic)
     auth = embed_dataset(model, auth_ds, batch_size, device)
-    if thresholds == "authentic":
-        g = genuine_scores(auth.embeddings, auth.labels)
-        mu, sigma = float(g.mean()), float(g.std())
-    else: mu, sigma = ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA
+    if thresholds == "published": mu, sigma = ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA
+    else:
+        try: mu, sigma = genuine_statistics(auth)
+        except ValueError as e: raise ValueError(f"{authentic}: {e} (or use thresholds='published')") from None
     out_dir, summary = Path(out_dir), {}
     for name, path in sets.items():
         syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)

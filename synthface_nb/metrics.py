@@ -6,7 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/metrics.html.md"""
 
 # %% ../nbs/41_metrics.ipynb #5a25abf8
 from __future__ import annotations
-import glob, io, json
+import glob, io
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,9 +15,8 @@ import torch
 from matplotlib.figure import Figure
 
 from .core import atomic_write, load_checkpoint, write_json_atomic
-from .fr_models import FRModel, load_fr_model
-from .verification import (DEFAULT_BENCHMARK_DIR, VerificationResult, find_benchmarks, load_benchmark,
-                                       verify)
+from .fr_models import load_fr_model
+from .verification import DEFAULT_BENCHMARK_DIR, VerificationResult, find_benchmarks, load_benchmarks, verify
 
 # %% auto #0
 __all__ = ['FARS', 'roc_curve', 'tar_at_far', 'equal_error_rate', 'score_metrics', 'save_figure', 'plot_roc', 'plot_det',
@@ -187,11 +186,7 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
     if not models: raise ValueError("no FR models to evaluate")
     out_dir = Path(out_dir)
     benches = find_benchmarks(benchmark_dir)
-    data = {}
-    for bname, bpath in benches.items():
-        images, issame = load_benchmark(bpath, image_size, strict)
-        if max_pairs is not None: images, issame = images[: 2 * max_pairs], issame[:max_pairs]
-        data[bname] = (images, np.asarray(issame, bool))
+    data = load_benchmarks(benches, image_size, strict, max_pairs)
     details, summary, curves = {}, {}, {b: {} for b in data}
     for mname, mpath in models.items():
         model = load_fr_model(mpath, device=device)

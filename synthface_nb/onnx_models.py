@@ -6,12 +6,12 @@ Docs: https://synthface.github.io/synthface_nb/onnx.html.md"""
 
 # %% ../nbs/42_onnx.ipynb #a57e56f0
 from __future__ import annotations
-import os, tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .core import atomic_write, evaluating
 from .fr_models import FRModel, TorchFRModel, fr_model_formats, resize_to
 
 # %% auto #0
@@ -89,17 +89,10 @@ def export_onnx(model: FRModel | torch.nn.Module, path: str | Path, input_size: 
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"export_onnx needs a torch module or a TorchFRModel, got {type(model).__name__}")
     size = tuple(input_size or getattr(model, "input_size", None) or getattr(module, "input_size", (112, 112)))
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = module.training
-    module.eval()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"); os.close(fd)
-    try:
+    with evaluating(module):
         x = torch.zeros(2, 3, *size, device=next(iter(module.parameters()), torch.empty(0)).device)
         prog = torch.onnx.export(module, (x,), dynamo=True, input_names=["input"], output_names=["embedding"],
                                  dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset, verbose=False)
-        prog.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-        module.train(was_training)
-    return path
+    # one protobuf with the weights inside (FR models are far below its 2 GB limit), written atomically
+    with atomic_write(path, "wb") as f: f.write(prog.model_proto.SerializeToString())
+    return Path(path)

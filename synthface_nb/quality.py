@@ -14,12 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import sample_rng
+from .core import evaluating, sample_rng
 from .data import FaceDataset, to_float_images
 from .fr_models import class_centres
 from .gan_metrics import kid
 from .metrics import score_metrics
-from .core import evaluating
 from .verification import as_embedder, embed_flip_sum, eval_batch_size
 
 # %% auto #0
@@ -190,9 +189,9 @@ def nv_resize(x: torch.Tensor, size: tuple[int, int] = (299, 299)) -> torch.Tens
 
 def inception_features(images, inception: torch.nn.Module | None = None, batch_size: int = 32,
                        device: str | torch.device = "cpu") -> np.ndarray:
-    "(n, 2048) float64 Inception features of uint8 (n, 3, H, W) images, a FaceDataset, or an iterable of batches"
+    "(n, 2048) float64 Inception features of uint8 (n, 3, H, W) images, a dataset of (image, label), or an iterable of batches"
     net = inception if inception is not None else load_inception(device)
-    if isinstance(images, FaceDataset):
+    if isinstance(images, torch.utils.data.Dataset):
         images = (b for b, _ in torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False))
     elif isinstance(images, torch.Tensor): images = images.split(batch_size)
     feats = []
@@ -215,7 +214,7 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
 # %% ../nbs/43_quality.ipynb #5ebadbd5
 def generated_set_quality(model, generated: FaceDataset | EmbeddedSet, authentic: FaceDataset | None = None,
                           mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFACEGAN_SIGMA, fid: bool = False,
-                          fid_max_images: int = 2000, batch_size: int = 64, device: str | torch.device = "cpu",
+                          fid_max_images: int = 2000, batch_size: int | None = None, device: str | torch.device = "cpu",
                           seed: int = 0) -> dict:
     "`dataset_quality` of a generated set under `model`, plus FID/KID against `authentic` when `fid`"
     emb = generated if isinstance(generated, EmbeddedSet) else embed_dataset(model, generated, batch_size, device)
@@ -226,8 +225,8 @@ def generated_set_quality(model, generated: FaceDataset | EmbeddedSet, authentic
         def _subset(ds):
             idx = sample_rng(seed, 6).permutation(len(ds))[:fid_max_images]
             return torch.utils.data.Subset(ds, np.sort(idx))
-        f_gen = inception_features((b for b, _ in torch.utils.data.DataLoader(_subset(emb.dataset), batch_size=32)), inc, device=device)
-        f_auth = inception_features((b for b, _ in torch.utils.data.DataLoader(_subset(authentic), batch_size=32)), inc, device=device)
+        f_gen = inception_features(_subset(emb.dataset), inc, device=device)
+        f_auth = inception_features(_subset(authentic), inc, device=device)
         out["fid"] = frechet_distance(f_auth, f_gen)
         out["kid"] = kid(f_auth, f_gen, max_subset_size=min(1000, len(f_gen), len(f_auth)), seed=seed)
         out["fid_images"] = [len(f_gen), len(f_auth)]

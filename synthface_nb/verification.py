@@ -6,7 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/verification.html.md"""
 
 # %% ../nbs/40_verification.ipynb #eb1111bd
 from __future__ import annotations
-import contextlib, time
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -23,7 +23,7 @@ from .verification_bin import decode_bin
 __all__ = ['THRESHOLDS', 'VAL_THRESHOLDS', 'STANDARD_BENCHMARKS', 'DEFAULT_BENCHMARK_DIR', 'kfold_bounds', 'pair_distances',
            'fold_accuracies', 'val_at_far', 'verification_metrics', 'distance_metrics', 'as_embedder',
            'eval_batch_size', 'embed_flip_sum', 'VerificationResult', 'verify', 'find_benchmarks', 'load_benchmark',
-           'VerificationCallback', 'make_verification_callback']
+           'load_benchmarks', 'VerificationCallback', 'make_verification_callback']
 
 # %% ../nbs/40_verification.ipynb #49a4c198
 THRESHOLDS = np.arange(0, 4, 0.01)        # the accuracy search grid of insightface's `evaluate`
@@ -133,10 +133,8 @@ def as_embedder(model) -> Callable[[torch.Tensor], torch.Tensor]:
     "A function images -> raw embeddings for an FRModel, a torch module (channels_last input) or a callable"
     if isinstance(model, FRModel): return model.embed
     if isinstance(model, torch.nn.Module):
-        def _embed(x):
-            dev = next(iter(model.parameters()), torch.empty(0)).device
-            return model(x.to(dev).contiguous(memory_format=torch.channels_last))
-        return _embed
+        dev = next(iter(model.parameters()), torch.empty(0)).device
+        return lambda x: model(x.to(dev).contiguous(memory_format=torch.channels_last))
     if callable(model): return model
     raise TypeError(f"cannot embed with a {type(model).__name__}: expected an FRModel, a torch module or a callable")
 
@@ -227,6 +225,16 @@ def load_benchmark(path: str | Path, image_size: tuple[int, int] = (112, 112),
     "Decode a `.bin` once into uint8 (2N, 3, H, W) images and N `issame` flags"
     return decode_bin(path, image_size=tuple(image_size), strict=strict)
 
+def load_benchmarks(paths: Mapping[str, str | Path], image_size: tuple[int, int] = (112, 112), strict: bool = False,
+                    max_pairs: int | None = None) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
+    "Name -> decoded (images, bool issame) for named `.bin` paths (as `find_benchmarks` gives); `max_pairs` keeps the first pairs"
+    data = {}
+    for name, p in paths.items():
+        images, issame = load_benchmark(p, image_size, strict)
+        if max_pairs is not None: images, issame = images[: 2 * max_pairs], issame[:max_pairs]
+        data[name] = (images, np.asarray(issame, bool))
+    return data
+
 # %% ../nbs/40_verification.ipynb #3ca690d0
 class VerificationCallback:
     "Trainer callback: (model, step) -> {benchmark: accuracy} over benchmarks decoded once; keeps the best"
@@ -255,9 +263,4 @@ def make_verification_callback(bin_paths: str | Path | Sequence[str | Path] = DE
     paths = [bin_paths] if isinstance(bin_paths, (str, Path)) else list(bin_paths)
     found: dict[str, Path] = {}
     for p in paths: found.update(find_benchmarks(p))
-    data = {}
-    for name, p in found.items():
-        images, issame = load_benchmark(p, image_size)
-        if max_pairs is not None: images, issame = images[: 2 * max_pairs], issame[:max_pairs]
-        data[name] = (images, np.asarray(issame, bool))
-    return VerificationCallback(data, batch_size, device, n_folds, every)
+    return VerificationCallback(load_benchmarks(found, image_size, max_pairs=max_pairs), batch_size, device, n_folds, every)
