@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Registry
+from .data import resize_to
 
 # %% auto #0
 __all__ = ['backbones', 'StridedPointwiseConv', 'IBasicBlock', 'feature_map_size', 'IResNet', 'iresnet18', 'iresnet34',
@@ -90,7 +91,7 @@ class IResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+            x = resize_to(x, self.input_size)
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.dropout(torch.flatten(self.bn2(x), 1))

@@ -140,6 +140,10 @@ class Registry:
         "Call the constructor registered as `name` with `kwargs`"
         return self.get(name)(**kwargs)
 
+    def unregister(self, name: str) -> None:
+        "Remove `name`, e.g. after a test registered something temporarily"
+        self._items.pop(name.lower(), None)
+
     @property
     def names(self) -> list[str]: return sorted(self._items)
     def __contains__(self, name: str) -> bool: return name.lower() in self._items

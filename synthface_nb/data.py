@@ -20,8 +20,8 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'BadImageError', 'decode_image', 'encode_image', 'FaceDataset', 'to_float_images', 'to_uint8_images',
-           'DataReport', 'scan_image_folder', 'ImageFolderDataset', 'dataset_statistics', 'image_grid', 'save_image',
-           'identity_grid']
+           'resize_to', 'DataReport', 'scan_image_folder', 'ImageFolderDataset', 'dataset_statistics', 'image_grid',
+           'save_image', 'identity_grid']
 
 # %% ../nbs/01_data.ipynb #7ed74e0d
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -79,6 +79,11 @@ def to_float_images(images: torch.Tensor, device: str | torch.device | None = No
 def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
     "float images in [-1, 1] to uint8 (rounded, clipped), on the CPU"
     return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+def resize_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    "Resize float images to `size` (H, W) with antialiased bilinear interpolation; no-op when equal"
+    if tuple(images.shape[-2:]) == tuple(size): return images
+    return torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 # %% ../nbs/01_data.ipynb #ddc83800
 @dataclass

@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .core import Registry
+from .data import resize_to
 
 # %% auto #0
-__all__ = ['fr_model_formats', 'FRModel', 'resize_to', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint',
-           'class_centres']
+__all__ = ['fr_model_formats', 'FRModel', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint', 'class_centres']
 
 # %% ../nbs/12_fr_models.ipynb #f6754fd8
 class FRModel:
@@ -27,10 +26,7 @@ class FRModel:
     def embed(self, images: torch.Tensor) -> torch.Tensor: raise NotImplementedError
     def __call__(self, images: torch.Tensor) -> torch.Tensor: return self.embed(images)
 
-def resize_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    "Resize float images to `size` (H, W) with antialiased bilinear interpolation; no-op when equal"
-    if tuple(images.shape[-2:]) == tuple(size): return images
-    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
 
 # %% ../nbs/12_fr_models.ipynb #d1100f2d
 class TorchFRModel(FRModel):

@@ -13,9 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from .core import atomic_dir, atomic_write, file_digest, write_json_atomic
-from .data import encode_image, to_uint8_images
+from .data import encode_image, resize_to, to_uint8_images
 from .distributed import barrier, dist_info, init_distributed, shard_range, shutdown_distributed
-from .fr_models import resize_to
 from .generators import FaceGenerator, load_generator, seed_policies
 
 # %% auto #0

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .core import atomic_write, evaluating
-from .fr_models import FRModel, TorchFRModel, fr_model_formats, resize_to
+from .data import resize_to
+from .fr_models import FRModel, TorchFRModel, fr_model_formats
 
 # %% auto #0
 __all__ = ['OnnxFRModel', 'load_onnx_fr_model', 'export_onnx']

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from .core import (atomic_write, derive_seed, load_checkpoint, load_state_strict, sample_rng, save_checkpoint,
                                torch_generator)
-from .data import FaceDataset, ImageFolderDataset, image_grid, save_image, to_float_images, to_uint8_images
+from .data import (FaceDataset, ImageFolderDataset, image_grid, resize_to, save_image, to_float_images,
+                               to_uint8_images)
 from .distributed import all_reduce_mean, dist_info, is_distributed
-from .fr_models import resize_to
 from .generators import ClassConditioning, conditionings
 from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators, build_generator,
                                     generator_checkpoint, stylegan2_config)
@@ -366,8 +366,16 @@ def snapshot_grid(G_ema: Generator, conditioning, rows: int = 8, cols: int = 8, 
 
 # %% ../nbs/23_stylegan2_training.ipynb #560681a3
 def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    "The log records up to the checkpointed step; a last line cut short by a killed process is dropped"
     if not path.exists(): return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= up_to_step]
+    lines, out = path.read_text().splitlines(), []
+    for i, line in enumerate(lines):
+        try: rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1: break
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record") from None
+        if rec["step"] <= up_to_step: out.append(rec)
+    return out
 
 def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, seed: int = 0,
                     device: str | torch.device = "cpu", condition_fn: Callable | None = None, resume: bool | str = True,

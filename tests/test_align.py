@@ -1,9 +1,6 @@
 """Alignment stage end to end: the papermill stage notebook, the face-selection policy on a photo with two
 faces, a user landmark file, a dataset without files, and atomic output when the stage stops."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,30 +11,21 @@ from synthface_nb.align import (ARCFACE_TEMPLATE_112, align_dataset, detect_face
 from synthface_nb.data import ImageFolderDataset, decode_image, save_image
 from synthface_nb.procedural import ProceduralFaceDataset, render_faces, write_procedural_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _papermill(cwd, *params):
-    args = [Path(sys.executable).parent / "papermill", ROOT / "nbs" / "stages" / "align.ipynb",
-            cwd / "runs" / "align.ipynb", "--log-level", "WARNING"]
-    for k, v in params: args += ["-p", k, v]
-    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    assert res.returncode == 0, f"stage align failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+from conftest import run_stage
 
 
 def test_stage_notebook_template_and_landmarks_modes(tmp_path):
     write_procedural_dataset(tmp_path / "gen", 3, 2, seed=1, progress=False)
-    (tmp_path / "runs").mkdir()
-    _papermill(tmp_path, ("input_dir", "gen"), ("output_dir", "out/aligned"), ("detector", "template"),
-               ("report_path", "out/align_report.json"))
+    run_stage("align", tmp_path, ("input_dir", "gen"), ("output_dir", "out/aligned"), ("detector", "template"),
+              ("report_path", "out/align_report.json"))
     report = json.loads((tmp_path / "out" / "align_report.json").read_text())
     assert (report["detector"], report["n_aligned"], report["n_failed"]) == ("template", 6, 0)
     assert "generator's alignment is kept" in report["note"]
     assert len(ImageFolderDataset(tmp_path / "out" / "aligned")) == 6
     executed = json.loads((tmp_path / "runs" / "align.ipynb").read_text())
     assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
-    _papermill(tmp_path, ("input_dir", "gen"), ("output_dir", "out/by_landmarks"), ("detector", "landmarks"),
-               ("report_path", "out/landmarks_report.json"))
+    run_stage("align", tmp_path, ("input_dir", "gen"), ("output_dir", "out/by_landmarks"), ("detector", "landmarks"),
+              ("report_path", "out/landmarks_report.json"))
     report = json.loads((tmp_path / "out" / "landmarks_report.json").read_text())
     assert report["landmark_sources"] == {"given": 6, "detected": 0, "template": 0}
 

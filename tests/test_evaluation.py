@@ -2,8 +2,6 @@
 hand-built cases, the ONNX round trip, and the evaluate / audit / report stage notebooks run by papermill."""
 import json
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from synthface_nb.verification import (THRESHOLDS, VAL_THRESHOLDS, embed_flip_su
                                        load_benchmark, val_at_far, verification_metrics, verify)
 from synthface_nb.verification_bin import write_bin
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_stage
 
 
 # ---------------------------------------------------------------- an independent reference, written with loops
@@ -176,21 +174,12 @@ def _toy_workspace(root: Path):
         for i in range(3): save_image(root / "gen" / "images" / f"{k:06d}" / f"{i:06d}.png", noisy(bases[k] if k == 0 else face()))
 
 
-def _papermill(stage, cwd, *params):
-    args = [Path(sys.executable).parent / "papermill", ROOT / "nbs" / "stages" / f"{stage}.ipynb",
-            cwd / "runs" / f"{stage}.ipynb", "--log-level", "WARNING"]
-    for k, v in params: args += ["-p", k, v]
-    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    assert res.returncode == 0, f"stage {stage} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-
-
 def test_stage_notebooks_evaluate_audit_report(tmp_path):
     _toy_workspace(tmp_path)
-    (tmp_path / "runs").mkdir()
-    _papermill("evaluate", tmp_path, ("models", "models/*/model.pt"), ("benchmarks", "bench"), ("out_dir", "out/evaluate"))
-    _papermill("audit", tmp_path, ("generated", "gen/images"), ("authentic", "auth"), ("model", "models/teacher/model.pt"),
-               ("out_dir", "out/audit"), ("fmr", "0.05"))
-    _papermill("report", tmp_path, ("evaluate_dir", "out/evaluate"), ("audit_dir", "out/audit"), ("out_dir", "out/report"))
+    run_stage("evaluate", tmp_path, ("models", "models/*/model.pt"), ("benchmarks", "bench"), ("out_dir", "out/evaluate"))
+    run_stage("audit", tmp_path, ("generated", "gen/images"), ("authentic", "auth"), ("model", "models/teacher/model.pt"),
+              ("out_dir", "out/audit"), ("fmr", "0.05"))
+    run_stage("report", tmp_path, ("evaluate_dir", "out/evaluate"), ("audit_dir", "out/audit"), ("out_dir", "out/report"))
     metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
     assert sorted(metrics) == ["cls", "teacher"] and list(metrics["cls"]) == ["procedural"]
     direct = verify(load_fr_model(tmp_path / "models" / "cls" / "model.pt"),

@@ -114,7 +114,7 @@ def test_two_view_objective_plugs_in_without_trainer_changes(tmp_path):
                           num_workers=0)
         res = train_fr(cfg, ds, tmp_path / "out", device="cpu", progress=False)
     finally:
-        objectives._items.pop("two_view_demo")
+        objectives.unregister("two_view_demo")
     assert res.finished and all(np.isfinite(res.losses)) and "nce" in res.history[-1]
     assert seen[0] == (2, True)  # two different images of the same identity per sample
     assert load_fr_model(tmp_path / "out" / "model.pt").embedding_dim == 16
