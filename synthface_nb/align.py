@@ -20,7 +20,7 @@ from .data import BadImageError, FaceDataset, ImageFolderDataset, decode_image, 
 
 # %% auto #0
 __all__ = ['ARCFACE_TEMPLATE_112', 'LEGACY_TEMPLATE_96x112', 'TEMPLATES', 'NO_FACE', 'SEVERAL_FACES', 'LOW_PROBABILITY',
-           'POLICIES', 'DETECTORS', 'UNREADABLE', 'NO_LANDMARKS', 'BAD_LANDMARKS', 'get_template',
+           'POLICIES', 'DETECTORS', 'UNREADABLE', 'NO_LANDMARKS', 'BAD_LANDMARKS', 'TOO_SMALL', 'get_template',
            'similarity_transform', 'transform_points', 'warp_affine', 'align_faces', 'load_mtcnn', 'detect_faces',
            'select_face', 'write_landmarks', 'read_landmarks', 'template_landmarks', 'align_dataset',
            'before_after_grid']
@@ -123,13 +123,16 @@ def _group_by_shape(items) -> list[list[int]]:
 
 def detect_faces(images: Sequence[np.ndarray], detector: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     "Boxes (k, 4), probabilities (k,) and landmarks (k, 5, 2) of the faces in each uint8 HWC RGB image"
-    out: list = [None] * len(images)
-    for idx in _group_by_shape(enumerate(images)):
+    out: list = [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))] * len(images)
+    # MTCNN's image pyramid is empty for an image shorter than `min_face_size` (facenet-pytorch then fails
+    # on an empty torch.cat): such an image cannot hold a face the detector looks for, so it has none
+    small = getattr(detector, "min_face_size", 0)
+    for idx in _group_by_shape((i, im) for i, im in enumerate(images) if min(np.shape(im)[:2]) >= small):
         boxes, probs, points = detector.detect(np.stack([images[i] for i in idx]), landmarks=True)
         for i, b, p, l in zip(idx, boxes, probs, points):
-            out[i] = ((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))) if b is None else
-                      (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(p, np.float64).reshape(-1),
-                       np.asarray(l, np.float64).reshape(-1, 5, 2)))
+            if b is not None:
+                out[i] = (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(p, np.float64).reshape(-1),
+                          np.asarray(l, np.float64).reshape(-1, 5, 2))
     return out
 
 # %% ../nbs/04_align.ipynb #ae0327c0
@@ -177,6 +180,7 @@ def read_landmarks(path: str | Path) -> dict[str, np.ndarray]:
 # %% ../nbs/04_align.ipynb #c099fd8b
 DETECTORS = ("mtcnn", "landmarks", "template")
 UNREADABLE, NO_LANDMARKS, BAD_LANDMARKS = "unreadable image", "no landmarks", "degenerate landmarks"
+TOO_SMALL = "smaller than min_face_size"
 
 def _image_names(ds: FaceDataset) -> list[str]:
     "Each image's path relative to the dataset root (`<class>/<index>` for datasets without files)"
@@ -203,6 +207,10 @@ def _chunk_landmarks(ds: FaceDataset, names: list[str], chunk: range, detector: 
         elif names[i] in given: marks[i], how[i] = given[names[i]], "given"
         elif detector == "landmarks": failures.append({"image": names[i], "reason": NO_LANDMARKS})
     todo = [i for i in imgs if i not in marks] if detector == "mtcnn" else []
+    small = [i for i in todo if min(imgs[i].shape[:2]) < net.min_face_size]
+    failures += [{"image": names[i], "reason": TOO_SMALL,
+                  "detail": f"{imgs[i].shape[0]}x{imgs[i].shape[1]} < min_face_size {net.min_face_size}"} for i in small]
+    todo = [i for i in todo if i not in small]
     for i, (b, p, l) in zip(todo, detect_faces([imgs[i] for i in todo], net) if todo else []):
         k, why = select_face(b, p, imgs[i].shape[:2], policy, min_prob)
         if k is None:
