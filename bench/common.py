@@ -1,7 +1,8 @@
 """Shared helpers for the benchmarks in bench/: an in-process matmul reference and uniform printing.
 
 Every compute benchmark reports its FLOP efficiency against the fp32 matmul GFLOP/s measured in the same
-process, because absolute speeds drift between machines and runs (see README, Benchmarks).
+process, because absolute speeds drift between machines and runs (see README, Benchmarks), and at the same
+torch thread count as the workload (a 1-thread step against a 2-thread matmul would read half as efficient).
 """
 from __future__ import annotations
 import time
@@ -9,23 +10,24 @@ from contextlib import contextmanager
 
 import torch
 
-_MATMUL_GFLOPS: float | None = None
+_MATMUL_GFLOPS: dict[tuple, float] = {}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
-    "Best-of-`repeats` GFLOP/s of an n x n fp32 matmul on this process's threads (cached per process)"
-    global _MATMUL_GFLOPS
-    if _MATMUL_GFLOPS is not None and dtype == torch.float32 and str(device) == "cpu": return _MATMUL_GFLOPS
+    "Best-of-`repeats` GFLOP/s of an n x n matmul at torch's current thread count (cached per size, dtype, device, threads)"
+    # keyed by the thread count: a step timed on 1 thread must be compared with the matmul on 1 thread
+    key = (n, dtype, str(device), torch.get_num_threads())
+    if key in _MATMUL_GFLOPS: return _MATMUL_GFLOPS[key]
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
+    if a.is_cuda: torch.cuda.synchronize()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter(); a @ b
         if a.is_cuda: torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    g = 2 * n**3 / best / 1e9
-    if dtype == torch.float32 and str(device) == "cpu": _MATMUL_GFLOPS = g
-    return g
+    _MATMUL_GFLOPS[key] = 2 * n**3 / best / 1e9
+    return _MATMUL_GFLOPS[key]
 
 
 def best_time(fn, repeats: int = 3, warmup: int = 1) -> float:
@@ -43,7 +45,8 @@ def report(name: str, value: float, unit: str, goal: str = "") -> None:
 
 
 def efficiency(flops_per_item: float, items_per_s: float) -> float:
-    "Share (percent) of the in-process matmul GFLOP/s that a workload of `flops_per_item` reaches"
+    "Share (percent) of the in-process matmul GFLOP/s, at the current thread count, that a workload of `flops_per_item` reaches"
+    # call it while torch runs at the thread count the workload was timed at
     return 100 * flops_per_item * items_per_s / 1e9 / matmul_gflops()
 
 

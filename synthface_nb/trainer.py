@@ -26,8 +26,9 @@ from .fr_models import FRModel, load_fr_model, save_fr_model
 from .objectives import ObjectiveContext, augmentations, build_objective, objectives
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_factor', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'write_color_folder', 'rng_state',
-           'set_rng_state', 'Callback', 'resolve_amp', 'TrainModule', 'TrainResult', 'train_fr']
+__all__ = ['RESUME_MAY_CHANGE', 'TrainConfig', 'lr_factor', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'write_color_folder',
+           'rng_state', 'set_rng_state', 'Callback', 'resolve_amp', 'TrainModule', 'TrainResult', 'scaled_lr',
+           'run_identity', 'check_resume', 'train_fr']
 
 # %% ../nbs/31_trainer.ipynb #00d109b5
 @dataclass
@@ -207,8 +208,6 @@ class TrainResult:
     @property
     def losses(self) -> list[float]: return [h["loss"] for h in self.history if "loss" in h]
 
-_RESUME_MUST_MATCH = ("network", "width", "input_size", "embedding_size", "objective", "batch_size", "seed")
-
 # %% ../nbs/31_trainer.ipynb #db91f0c8
 def _check_data(dataset: FaceDataset, cfg: TrainConfig, needs_labels: bool, world_size: int) -> int:
     if len(dataset) == 0: raise ValueError(f"{dataset!r}: the training set is empty")
@@ -230,6 +229,35 @@ def _gather_rng() -> list[dict]:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, rng_state())
     return out
+
+# %% ../nbs/31_trainer.ipynb #0dc9879f
+def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    "The run's peak learning rate: `lr` per `lr_batch` images, scaled linearly to the total batch"
+    return cfg.lr * cfg.batch_size * world_size / cfg.lr_batch
+
+# %% ../nbs/31_trainer.ipynb #395a9f5d
+RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every")
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v: out.update(_flat(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+def run_identity(config: dict, world_size: int, n_images: int | None, num_classes: int | None) -> dict:
+    "What a resume must keep, as flat `a.b` keys: the config less `RESUME_MAY_CHANGE`, the world size, the data set's size"
+    data = {k: v for k, v in (("n_images", n_images), ("num_classes", num_classes)) if v is not None}  # None: not recorded
+    flat = _flat({**config, "world_size": world_size, **data})
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in RESUME_MAY_CHANGE}
+
+def check_resume(path: str | Path, saved: dict, now: dict) -> None:
+    "Raise one error naming `path` and every entry of two run identities that differs (checkpoint vs now)"
+    show = lambda d, k: repr(d[k]) if k in d else "not recorded"
+    diff = [f"{k} ({show(saved, k)} in the checkpoint, {show(now, k)} now)" for k in {**now, **saved}
+            if k not in saved or k not in now or saved[k] != now[k]]
+    if diff: raise ValueError(f"{path}: cannot resume, the run differs from the checkpoint in {len(diff)} setting(s): "
+                              + "; ".join(diff))
 
 # %% ../nbs/31_trainer.ipynb #dc1a9f80
 def train_fr(config: TrainConfig, dataset: FaceDataset, out_dir: str | Path | None = None,
@@ -256,9 +284,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     config = asdict(cfg)
     ckpt = load_checkpoint(resume, kind="fr_train") if resume else None
     if ckpt is not None:
-        diff = [k for k in _RESUME_MUST_MATCH if ckpt["config"].get(k) != config[k]]
-        if ckpt["world_size"] != info.world_size: diff.append(f"world_size ({ckpt['world_size']} vs {info.world_size})")
-        if diff: raise ValueError(f"{resume}: cannot resume with a different {', '.join(diff)}")
+        check_resume(resume, run_identity(ckpt["config"], ckpt["world_size"], ckpt.get("n_images"), ckpt.get("num_classes")),
+                     run_identity(config, info.world_size, len(dataset), dataset.num_classes))
 
     if not obj_cls.needs_teacher: teacher = None  # a teacher given to e.g. CLS is not even loaded
     elif teacher is None: raise ValueError(f"objective '{cfg.objective}' needs a teacher FR model (teacher=)")
@@ -270,8 +297,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     objective = build_objective(cfg.objective, ObjectiveContext(backbone, cfg.embedding_size, dataset.num_classes, teacher),
                                 **cfg.objective_kwargs).to(device)
     model = wrap_ddp(TrainModule(backbone, objective), device, broadcast_buffers=False)
-    lr = cfg.lr * cfg.batch_size * info.world_size / cfg.lr_batch
-    opt = _optimizer(backbone, objective, lr, cfg)
+    opt = _optimizer(backbone, objective, scaled_lr(cfg, info.world_size), cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
         s / spe, cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma, cfg.warmup_epochs, cfg.poly_power))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -304,7 +330,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
                 "backbone": dict(backbone.spec), "model": backbone.state_dict(), "objective": objective.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": config,
-                "world_size": info.world_size, "history": history}, kind="fr_train")
+                "world_size": info.world_size, "n_images": len(dataset), "num_classes": dataset.num_classes,
+                "history": history}, kind="fr_train")
         barrier()
 
     from tqdm.auto import tqdm

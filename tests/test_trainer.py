@@ -1,5 +1,6 @@
-"""The FR trainer across processes: two `torchrun` ranks (gloo, CPU) end with identical weights; the stage command
-line writes a loadable model; a run resumed with data-loader workers repeats an uninterrupted run without them."""
+"""The FR trainer across processes: two `torchrun` ranks (gloo, CPU) end with identical weights, trained at the lr
+scaled to the total batch; the stage command line writes a loadable model; a run resumed with data-loader workers
+repeats an uninterrupted run without them."""
 import json
 import os
 import subprocess
@@ -56,6 +57,9 @@ def test_ddp_ranks_end_identical(tmp_path):
     assert (ckpt["step"], ckpt["world_size"], len(ckpt["rng"])) == (4, 2, 2)
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
+    # lr 0.1 per 4 images, 4 per rank on 2 ranks: the optimizer runs at 0.1 * 8 / 4 (the step schedule is flat in epoch 1)
+    assert [h["lr"] for h in ckpt["history"]] == [0.2] * 4
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.2, 0.2]
 
 
 def test_stage_command_line(tmp_path):
