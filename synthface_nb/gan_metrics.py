@@ -6,6 +6,7 @@ Docs: https://synthface.github.io/synthface_nb/gan_metrics.html.md"""
 
 # %% ../nbs/25_gan_metrics.ipynb #e6124f5c
 from __future__ import annotations
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -64,14 +65,17 @@ class ProbeNet(nn.Module):
 
     def forward(self, x): return self.features(x)
 
-def _images_at(dataset: FaceDataset, resolution: int | None) -> torch.Tensor:
-    "Every image of `dataset` as uint8 (n, 3, r, r), resized to `resolution` as the GAN sees them (None: as stored)"
-    if resolution is None: return torch.stack([dataset[i][0] for i in range(len(dataset))])
-    return TrainingImages(dataset, resolution, cache=True).cache
+def _images_at(dataset: FaceDataset, resolution: int | None, cache: bool | None = None) -> TrainingImages:
+    "`dataset` resized to `resolution` as the GAN sees them (None: as stored); in memory only up to 2 GB (`cache`: force)"
+    return TrainingImages(dataset, resolution, cache=cache)
+
+def _batches(images: TrainingImages, batch_size: int) -> Iterator[torch.Tensor]:
+    "uint8 batches of `images` in order, each decoded when reached unless they are in memory"
+    for s in range(0, len(images), batch_size): yield images.take(range(s, min(s + batch_size, len(images))))
 
 def train_probe(dataset: FaceDataset, resolution: int, epochs: int = 15, batch_size: int = 64, seed: int = 0,
-                device: str | torch.device = "cpu", width: int = 32, images: torch.Tensor | None = None) -> TorchFRModel:
-    "Train a `ProbeNet` on `dataset` resized to `resolution` (flips and small shifts; `images`: those already resized)"
+                device: str | torch.device = "cpu", width: int = 32, images: TrainingImages | None = None) -> TorchFRModel:
+    "Train a `ProbeNet` on `dataset` resized to `resolution` (flips and small shifts; `images`: its `TrainingImages`)"
     images = _images_at(dataset, resolution) if images is None else images
     labels = torch.as_tensor(np.asarray(dataset.labels))
     with torch.random.fork_rng(devices=[]):
@@ -86,7 +90,7 @@ def train_probe(dataset: FaceDataset, resolution: int, epochs: int = 15, batch_s
         perm = torch.randperm(len(images), generator=g)
         for s in range(0, len(images), batch_size):
             idx = perm[s:s + batch_size]
-            x = to_float_images(images[idx], device)
+            x = to_float_images(images.take(idx), device)
             flip = torch.rand(len(idx), generator=g) < 0.5
             x = torch.where(flip.to(device)[:, None, None, None], x.flip(3), x)
             dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
@@ -100,8 +104,8 @@ def embed_at_resolution(fr: FRModel, dataset: FaceDataset, resolution: int | Non
     "Embeddings of every image of `dataset`, resized first to the generator's `resolution` as the GAN sees them"
     return _embed_images(fr, _images_at(dataset, resolution), batch_size)
 
-def _embed_images(fr: FRModel, imgs: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([fr.embed(to_float_images(imgs[s:s + batch_size])) for s in range(0, len(imgs), batch_size)])
+def _embed_images(fr: FRModel, imgs: TrainingImages, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([fr.embed(to_float_images(b)) for b in _batches(imgs, batch_size)])
 
 def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Tensor, real_labels: np.ndarray,
                      per_class: int = 10, max_classes: int = 50, seed: int = 0, truncation_psi: float = 1.0,
@@ -121,11 +125,12 @@ def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Ten
 
 # %% ../nbs/25_gan_metrics.ipynb #88b20747
 def probe_scorer(dataset: FaceDataset, resolution: int, per_class: int = 10, max_classes: int = 50, epochs: int = 15,
-                 seed: int = 0, device: str | torch.device = "cpu"):
+                 seed: int = 0, device: str | torch.device = "cpu", cache: bool | None = None):
     "An `on_snapshot(G, step) -> {identity_acc, kid, pixel_kid}` callback scoring a class-conditional generator"
-    imgs = _images_at(dataset, resolution)  # decoded and resized once for the probe, its embeddings and the thumbnails
+    imgs = _images_at(dataset, resolution, cache)  # shared by the probe, its embeddings and the thumbnails
     probe = train_probe(dataset, resolution, epochs=epochs, seed=seed, device=device, images=imgs)
-    real, thumbs = _embed_images(probe, imgs), thumbnail_features(to_float_images(imgs))
+    real = _embed_images(probe, imgs)
+    thumbs = np.concatenate([thumbnail_features(to_float_images(b)) for b in _batches(imgs, 256)])
     def score(G, step: int) -> dict:
         return generator_scores(StyleGAN2FaceGenerator(G, device=device), probe, real, dataset.labels,
                                 per_class=per_class, max_classes=max_classes, seed=seed, real_thumbnails=thumbs)

@@ -43,7 +43,12 @@ def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, se
 def _check_spec(path: Path, spec: dict, on_change: str, folders: list[Path], world_size: int) -> None:
     "Write the spec of a new generation; accept the same spec (resume); on a different one raise or start over"
     if path.exists():
-        old, new = json.loads(path.read_text()), json.loads(json.dumps(spec))  # compare as stored (tuples -> lists)
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict): raise ValueError("expected a JSON object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{path}: not a generation spec ({e}); use another output folder or delete it") from None
+        new = json.loads(json.dumps(spec))  # compare as stored (tuples -> lists)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if not diff: return
         if on_change != "restart" or world_size > 1:
@@ -145,7 +150,12 @@ def finalize_manifest(out_dir: str | Path, identities: Sequence[int] | int) -> P
 
 def read_manifest(path: str | Path) -> list[dict]:
     "The records of a manifest.jsonl"
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    path, out = Path(path), []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line))
+        except json.JSONDecodeError: raise ValueError(f"{path}: line {i} is not a JSON record") from None
+    return out
 
 # %% ../nbs/24_generation.ipynb #18b5d2cc
 def generate_from_checkpoint(generator_path: str | Path, out_dir: str | Path, images_per_identity: int,

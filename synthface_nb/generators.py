@@ -124,8 +124,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", **kwarg
         importlib.import_module(f"synthface_nb.{family}")
     try: loader = generators.get(family)
     except KeyError as e: raise KeyError(f"{path}: {e.args[0]}") from None
-    # loaders see only the dict, so the file is named here for every family
+    # loaders see only the dict, so the file is named here for every family and every error a bad dict raises
     try: return loader(state, device=device, **kwargs)
+    except KeyError as e: raise KeyError(f"{path}: {e.args[0] if e.args else e}") from None
+    except TypeError as e: raise TypeError(f"{path}: {e}") from None  # a config entry the constructor does not take
     except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/20_generators.ipynb #b2b6343b

@@ -20,7 +20,7 @@ from .core import (atomic_write, derive_seed, load_checkpoint, load_state_strict
                                torch_generator)
 from .data import (FaceDataset, ImageFolderDataset, image_grid, resize_to, save_image, to_float_images,
                                to_uint8_images)
-from .distributed import all_reduce_mean, dist_info, is_distributed
+from .distributed import all_gather_cat, all_reduce_mean, barrier, dist_info, is_distributed
 from .generators import ClassConditioning, conditionings
 from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators, build_generator,
                                     generator_checkpoint, stylegan2_config)
@@ -33,9 +33,10 @@ __all__ = ['auto_config', 'training_preset', 'batch_indices', 'TrainingImages', 
            'write_dvclive', 'summarize_history', 'plot_training']
 
 # %% ../nbs/23_stylegan2_training.ipynb #c730be2c
-def auto_config(resolution: int, c_dim: int, gpus: int = 1, **network_overrides) -> dict:
-    "StyleGAN2-ADA's 'auto' training configuration for `resolution` and `c_dim` classes on `gpus` devices"
-    batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+def auto_config(resolution: int, c_dim: int, gpus: int = 1, batch: int | None = None, **network_overrides) -> dict:
+    "StyleGAN2-ADA's 'auto' training configuration for `resolution`, `c_dim` classes, `gpus` devices and `batch` (None: the rule's)"
+    if batch is None: batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    if batch % gpus: raise ValueError(f"batch {batch} is not divisible by {gpus} GPUs")
     net = stylegan2_config(resolution, c_dim, mbstd_group_size=min(batch // gpus, 4), **network_overrides)
     lr = 0.002 if resolution >= 1024 else 0.0025
     return {
@@ -59,16 +60,19 @@ def _merge(base: dict, over: dict) -> dict:
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
-def training_preset(name: str, num_classes: int | None = None, resolution: int | None = None, **overrides) -> dict:
-    "The training config of preset `name` ('paper_sface' or 'cpu') for `num_classes` classes, with nested overrides"
+def training_preset(name: str, num_classes: int | None = None, resolution: int | None = None, gpus: int = 1,
+                    **overrides) -> dict:
+    "The training config of preset `name` ('paper_sface' or 'cpu') for `num_classes` classes on `gpus` devices, with nested overrides"
+    batch = overrides.get("batch_size")  # derive γ, EMA and the mbstd group from the batch that will run
     if name == "paper_sface":
-        cfg = auto_config(resolution or 128, num_classes or 10572, conv_clamp=256)
+        cfg = auto_config(resolution or 128, num_classes or 10572, gpus, batch, conv_clamp=256)
     elif name == "cpu":
         res, c = resolution or 32, num_classes or 10
-        cfg = auto_config(res, c, z_dim=128, w_dim=128, channel_base=64 * res, channel_max=64, d_map_layers=2, conv_clamp=None)
-        cfg.update(batch_size=16, total_kimg=48, ema_kimg=16 * 10 / 32)
+        cfg = auto_config(res, c, gpus, batch or 16, z_dim=128, w_dim=128, channel_base=64 * res, channel_max=64,
+                          d_map_layers=2, conv_clamp=None)
+        cfg["total_kimg"] = 48
         cfg["G_opt"]["lr"] = cfg["D_opt"]["lr"] = 0.005
-        cfg["loss"].update(r1_gamma=0.0002 * res ** 2 / 16, pl_weight=0.0, style_mixing_prob=0.0)
+        cfg["loss"].update(pl_weight=0.0, style_mixing_prob=0.0)
         cfg["augment"]["kimg"] = 100
     else: raise ValueError(f"unknown training preset '{name}'; known: cpu, paper_sface")
     return _merge(cfg, overrides)
@@ -84,21 +88,28 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 class TrainingImages(torch.utils.data.Dataset):
-    "A `FaceDataset` resized to `resolution` (uint8 CHW), cached in memory when small; items are (image, index)"
-    def __init__(self, dataset: FaceDataset, resolution: int, cache: bool | None = None, cache_limit: float = 2e9):
+    "A `FaceDataset` resized to `resolution` (uint8 CHW; None: as stored), cached in memory when small; items are (image, index)"
+    def __init__(self, dataset: FaceDataset, resolution: int | None, cache: bool | None = None, cache_limit: float = 2e9):
         self.dataset, self.resolution = dataset, resolution
         self.labels = np.asarray(dataset.labels)
-        if cache is None: cache = len(dataset) * 3 * resolution ** 2 <= cache_limit  # CASIA-WebFace at 128 px is 24 GB
+        if cache is None:  # CASIA-WebFace at 128 px is 24 GB
+            pixels = resolution ** 2 if resolution else int(np.prod(dataset.load_image(0).shape[:2]))
+            cache = len(dataset) * 3 * pixels <= cache_limit
         self.cache = torch.stack([self._load(i) for i in range(len(dataset))]) if cache else None
 
     def _load(self, i: int) -> torch.Tensor:
         img = torch.from_numpy(np.ascontiguousarray(self.dataset.load_image(i).transpose(2, 0, 1)))
-        if img.shape[1:] == (self.resolution, self.resolution): return img
+        if self.resolution is None or img.shape[1:] == (self.resolution, self.resolution): return img
         return resize_to(img[None].float(), (self.resolution, self.resolution))[0].round().clamp(0, 255).to(torch.uint8)
 
     def __len__(self) -> int: return len(self.labels)
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return (self.cache[i] if self.cache is not None else self._load(i)), int(i)
+
+    def take(self, idx) -> torch.Tensor:
+        "uint8 (n, 3, r, r) images at indices `idx`, from memory or decoded now"
+        idx = np.asarray(idx, dtype=np.int64)
+        return self.cache[torch.from_numpy(idx)] if self.cache is not None else torch.stack([self._load(int(i)) for i in idx])
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
                 num_workers: int = 0) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
@@ -147,11 +158,11 @@ def r1_penalty(logits_fn: Callable[[torch.Tensor], torch.Tensor], real_img: torc
 # %% ../nbs/23_stylegan2_training.ipynb #75f1f79b
 def path_length_penalty(img: torch.Tensor, ws: torch.Tensor, pl_mean: torch.Tensor, decay: float = 0.01,
                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "Per-image path-length penalty, the updated running mean and the lengths, for images `img` made from `ws`"
+    "Per-image path-length penalty, the updated running mean (differentiable; store it detached) and the lengths"
     noise = torch.randn(img.shape, device=img.device, dtype=img.dtype, generator=generator) / math.sqrt(img.shape[2] * img.shape[3])
     grads, = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
     lengths = grads.square().sum(2).mean(1).sqrt()
-    new_mean = pl_mean.lerp(lengths.mean().detach(), decay)
+    new_mean = pl_mean.lerp(lengths.mean(), decay)
     return (lengths - new_mean).square(), new_mean, lengths
 
 # %% ../nbs/23_stylegan2_training.ipynb #4becc4f3
@@ -201,7 +212,8 @@ class StyleGAN2Loss:
         elif phase == "Greg":
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
             img, ws = self.run_G(gen_z[:n], gen_c[:n], gen)
-            pen, self.pl_mean, _ = path_length_penalty(img, ws, self.pl_mean, self.pl_decay, gen)
+            pen, pl_mean, _ = path_length_penalty(img, ws, self.pl_mean, self.pl_decay, gen)
+            self.pl_mean.copy_(pl_mean.detach())
             # the zero term (as in the reference) gives every parameter behind the image a gradient, 0 if untouched
             (img[:, 0, 0, 0] * 0 + pen * self.pl_weight).mean().mul(gain).backward()
             stats["loss/pl_penalty"] = pen.detach().mean()
@@ -281,23 +293,45 @@ def build_training_state(config: dict, seed: int, device: str | torch.device = "
     return TrainingState(G, D, G_ema, opt_G, opt_D, pipe, ada, loss)
 
 # %% ../nbs/23_stylegan2_training.ipynb #d7556304
-def _state_dict(state: TrainingState, config: dict, seed: int) -> dict:
+def _gather_rank_state(state: TrainingState) -> dict:
+    "Each rank's path-length mean and ADA's partial sums added over ranks (a collective: every rank calls it)"
+    ada = state.ada
+    mine = torch.tensor([[float(state.loss.pl_mean), ada.sign_sum if ada else 0.0, ada.count if ada else 0]],
+                        dtype=torch.float64, device=state.loss.pl_mean.device)
+    every = all_gather_cat(mine).cpu()  # sign sums and counts are integers: exact in float64
+    return {"world_size": len(every), "pl_mean": every[:, 0].tolist(),
+            "ada_sign_sum": float(every[:, 1].sum()), "ada_count": int(every[:, 2].sum())}
+
+def _state_dict(state: TrainingState, config: dict, seed: int, ranks: dict) -> dict:
+    "The checkpoint dict; `ranks` from `_gather_rank_state`"
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
+    ada = state.ada.state_dict() if state.ada is not None else None
+    if ada is not None: ada.update(sign_sum=ranks["ada_sign_sum"], count=ranks["ada_count"])
     return {"config": config, "seed": seed, "step": state.step, "cur_nimg": state.cur_nimg,
             "G": cpu(state.G.state_dict()), "D": cpu(state.D.state_dict()), "G_ema": cpu(state.G_ema.state_dict()),
-            "opt_G": state.opt_G.state_dict(), "opt_D": state.opt_D.state_dict(),
-            "ada": state.ada.state_dict() if state.ada is not None else None,
+            "opt_G": state.opt_G.state_dict(), "opt_D": state.opt_D.state_dict(), "ada": ada,
             "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None,
-            "pl_mean": float(state.loss.pl_mean)}
+            "world_size": ranks["world_size"], "pl_mean": ranks["pl_mean"]}
+
+_STATE_KEYS = ("step", "cur_nimg", "G", "D", "G_ema", "opt_G", "opt_D", "ada", "augment_p", "world_size", "pl_mean")
 
 def load_training_state(state: TrainingState, ckpt: dict, source: str = "training checkpoint") -> TrainingState:
-    "Restore networks, optimisers, ADA and counters from a `training-state.pt` dict"
+    "Restore networks, optimisers, ADA, this rank's path-length mean and the counters from a `training-state.pt` dict"
+    missing = [k for k in _STATE_KEYS if k not in ckpt]
+    if missing: raise ValueError(f"{source}: not a complete training state, missing {', '.join(missing)}")
+    info = dist_info()
+    if ckpt["world_size"] != info.world_size:
+        raise ValueError(f"{source}: written by {ckpt['world_size']} ranks, resumed with {info.world_size}; every rank "
+                         "restores its own path-length mean, so resume with the same number of processes")
     load_state_strict(state.G, ckpt["G"], f"{source} G"); load_state_strict(state.D, ckpt["D"], f"{source} D")
     load_state_strict(state.G_ema, ckpt["G_ema"], f"{source} G_ema")
-    state.opt_G.load_state_dict(ckpt["opt_G"]); state.opt_D.load_state_dict(ckpt["opt_D"])
-    if state.ada is not None and ckpt["ada"] is not None: state.ada.load_state_dict(ckpt["ada"])
+    for name, opt in (("opt_G", state.opt_G), ("opt_D", state.opt_D)):
+        try: opt.load_state_dict(ckpt[name])
+        except (KeyError, TypeError, ValueError) as e: raise ValueError(f"{source} {name}: {e}") from None
+    if state.ada is not None and ckpt["ada"] is not None:  # rank 0 holds the partial sums of all ranks
+        state.ada.load_state_dict(ckpt["ada"] if info.rank == 0 else {**ckpt["ada"], "sign_sum": 0.0, "count": 0})
     elif state.augment_pipe is not None and ckpt["augment_p"] is not None: state.augment_pipe.p.fill_(ckpt["augment_p"])
-    state.loss.pl_mean.fill_(ckpt["pl_mean"])
+    state.loss.pl_mean.fill_(ckpt["pl_mean"][info.rank])
     state.step, state.cur_nimg = int(ckpt["step"]), int(ckpt["cur_nimg"])
     return state
 
@@ -401,7 +435,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
     ckpt_path = out_dir / "training-state.pt"
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, kind="stylegan2_training", map_location=device)
-        if ckpt["config"] == config and ckpt["seed"] == seed: load_training_state(state, ckpt, str(ckpt_path))
+        if ckpt.get("config") == config and ckpt.get("seed") == seed: load_training_state(state, ckpt, str(ckpt_path))
         elif resume != "auto":
             raise ValueError(f"{ckpt_path}: was written with another config or seed; delete it, pass resume=False "
                              "(start over) or resume='auto' (start over when the config changed)")
@@ -422,8 +456,9 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
         save_image(out_dir / "grids" / f"nimg{state.cur_nimg:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
 
     def snapshot():
+        ranks = _gather_rank_state(state)  # every rank takes part; rank 0 writes
         if not info.is_main: return {}
-        save_checkpoint(ckpt_path, _state_dict(state, config, seed), kind="stylegan2_training")
+        save_checkpoint(ckpt_path, _state_dict(state, config, seed, ranks), kind="stylegan2_training")
         save_checkpoint(out_dir / "generator.pt", generator_checkpoint(state.G_ema, conditioning), kind="generator")
         save_grid()
         return on_snapshot(state.G_ema, state.step) if on_snapshot is not None else {}
@@ -448,6 +483,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
             if info.is_main: _log(history, log_path, rec)
             acc = {}
     bar.close()
+    barrier()  # rank 0's last checkpoint is on disk before any rank returns (and, say, resumes from it)
     return {"step": state.step, "kimg": state.cur_nimg / 1000, "done": state.step >= total_steps, "history": history,
             "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None}
 
@@ -471,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ds = ImageFolderDataset(a.data)
         over = {k: v for k, v in (("total_kimg", a.total_kimg), ("batch_size", a.batch_size)) if v is not None}
-        cfg = training_preset(a.preset, ds.num_classes, a.resolution, **over)
+        cfg = training_preset(a.preset, ds.num_classes, a.resolution, gpus=info.world_size, **over)
         res = train_stylegan2(cfg, ds, a.out, seed=a.seed, device=device, snapshot_kimg=a.snapshot_kimg,
                               num_workers=a.num_workers, progress=info.is_main)
         if info.is_main: print(json.dumps({k: v for k, v in res.items() if k != "history"}), flush=True)

@@ -1,5 +1,6 @@
-"""StyleGAN2-ADA training across processes: two `torchrun` ranks (gloo, CPU) keep identical networks; a training
-process killed with SIGKILL after a snapshot resumes to exactly the losses and weights of an uninterrupted run."""
+"""StyleGAN2-ADA training across processes: two `torchrun` ranks (gloo, CPU) keep identical networks and resume
+exactly; a training process killed with SIGKILL after a snapshot resumes to exactly the losses and weights of an
+uninterrupted run."""
 import json
 import os
 import signal
@@ -64,6 +65,42 @@ def test_ddp_ranks_stay_identical(tmp_path):
     for net in ("G", "D", "G_ema"):  # ... and still the same networks: gradients were averaged
         assert all(torch.equal(r0[net][k], r1[net][k]) for k in r0[net]), [k for k in r0[net] if not torch.equal(r0[net][k], r1[net][k])]
     assert r0["p"] == r1["p"]  # ADA statistics are reduced over ranks too
+
+
+def test_torchrun_training_resumes_exactly(tmp_path):
+    """Two ranks stopped between ADA updates resume to exactly the uninterrupted run: the checkpoint holds every
+    rank's path-length mean and ADA's partial sums of all ranks. The CLI sizes the preset for the world size."""
+    data = write_shape_classes(tmp_path / "data", n_classes=4, per_class=6, size=16)
+    script = tmp_path / "resume.py"
+    script.write_text(TINY + textwrap.dedent(f"""
+        from synthface_nb.data import ImageFolderDataset
+        from synthface_nb.distributed import init_distributed
+        from synthface_nb.stylegan2_training import main, train_stylegan2
+        info, device = init_distributed("cpu")
+        ds = ImageFolderDataset({str(data)!r})
+        cfg = tiny_config(ds.num_classes, 0.028)  # 7 steps of 4 images (2 per rank); ADA updates after steps 2, 4, 6
+        run = lambda out, **kw: train_stylegan2(cfg, ds, {str(tmp_path)!r} + out, seed=7, snapshot_kimg=1, log_every=1,
+                                                progress=False, **kw)
+        run("/straight")
+        run("/resumed", max_steps=3)  # checkpointed after step 3: partial ADA sums on both ranks
+        run("/resumed")
+        main(["--data", {str(data)!r}, "--out", {str(tmp_path / "cli")!r}, "--resolution", "16", "--batch-size", "4",
+              "--total-kimg", "0.004", "--device", "cpu"])  # last: it leaves the process group
+    """))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    a, b = (load_checkpoint(tmp_path / d / "training-state.pt") for d in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 7 and a["world_size"] == 2
+    assert a["pl_mean"][0] != a["pl_mean"][1]  # the ranks' means differ, so restoring rank 0's everywhere would show
+    assert a["ada"]["count"] == 4  # one real pass (2 images) on each rank since the last update, summed over ranks
+    for net in ("G", "D", "G_ema"):
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+    assert (a["ada"], a["pl_mean"]) == (b["ada"], b["pl_mean"])
+    read = lambda d: [{k: v for k, v in json.loads(l).items() if k != "img_per_s"} for l in (d / "log.jsonl").read_text().splitlines()]
+    assert read(tmp_path / "straight") == read(tmp_path / "resumed")
+    cli = load_checkpoint(tmp_path / "cli" / "training-state.pt")["config"]
+    assert cli["batch_size"] == 4 and cli["networks"]["D"]["rgb"]["mbstd_group_size"] == 2  # min(4 // 2 ranks, 4)
 
 
 def test_killed_training_resumes_exactly(tmp_path):
