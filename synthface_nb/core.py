@@ -151,9 +151,11 @@ class Registry:
 
 # %% ../nbs/00_core.ipynb #d73d6cb0
 def derive_seed(*keys: int) -> int:
-    "A 63-bit seed that is a pure function of the non-negative integers `keys`"
-    if any(int(k) < 0 for k in keys): raise ValueError(f"seed keys must be non-negative, got {keys}")
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    "A 63-bit seed that is a pure function of the integers `keys` in [0, 2**64) and of how many there are"
+    keys = tuple(int(k) for k in keys)
+    if any(not 0 <= k < 2**64 for k in keys): raise ValueError(f"seed keys must be non-negative and below 2**64, got {keys}")
+    words = np.array(keys, dtype="<u8").view("<u4").tolist()    # two words per key, low word first
+    return int(np.random.SeedSequence([len(keys), *words]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 def sample_rng(*keys: int) -> np.random.Generator:
     "A numpy generator for the thing at coordinates `keys`, e.g. `(seed, identity, index)`"

@@ -93,6 +93,7 @@ class DataReport:
     n_images: int = 0
     n_identities: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)           # entries outside the layout: top-level files, hidden ones
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -101,7 +102,8 @@ class DataReport:
     def as_dict(self) -> dict:
         return {"root": self.root, "n_images": self.n_images, "n_identities": self.n_identities,
                 "n_skipped": len(self.skipped), "skipped_by_reason": self.skipped_by_reason,
-                "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "n_ignored": len(self.ignored), "ignored": self.ignored}
 
 # %% ../nbs/01_data.ipynb #78c92c09
 def _problem(report: DataReport, path: Path, reason: str, skip_bad: bool):
@@ -115,8 +117,15 @@ def scan_image_folder(root: str | Path, verify: bool = False, skip_bad: bool = F
     if not root.is_dir(): raise FileNotFoundError(f"{root}: dataset folder does not exist")
     report = DataReport(str(root))
     paths, labels, classes = [], [], []
-    for ident in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in ident.iterdir() if not p.name.startswith("."))
+    idents = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith("."): idents.append(p)
+        else: report.ignored.append(str(p))
+    for ident in idents:
+        files = []
+        for p in sorted(ident.iterdir()):
+            if p.name.startswith("."): report.ignored.append(str(p))
+            else: files.append(p)
         good = []
         for f in files:
             if f.is_dir() or f.suffix.lower() not in IMAGE_SUFFIXES:

@@ -15,7 +15,8 @@ import yaml
 from .core import write_text_atomic
 
 # %% auto #0
-__all__ = ['load_params', 'apply_preset', 'notebook_parameters', 'papermill_stage_parameters', 'main']
+__all__ = ['PROCEDURAL_DATA', 'PROCEDURAL_DATA_OPTIONS', 'load_params', 'apply_preset', 'notebook_parameters',
+           'papermill_stage_parameters', 'write_procedural_data', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #eb874428
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -79,17 +80,33 @@ def papermill_stage_parameters(cmd: str) -> tuple[str, dict[str, str]]:
         else: positional.append(args[i]); i += 1
     return positional[0], params
 
+# %% ../nbs/08_pipeline.ipynb #18743b15
+PROCEDURAL_DATA = {"authentic": dict(n_identities=128, images_per_identity=16, first_identity=0),
+                   "heldout": dict(n_identities=48, images_per_identity=10, first_identity=100_000)}
+PROCEDURAL_DATA_OPTIONS = dict(seed=0, difficulty=1.0, image_format="jpg", quality=85)
+
+def write_procedural_data(out: str | Path = "data", sets: dict[str, dict] = PROCEDURAL_DATA, progress: bool = True) -> dict[str, dict]:
+    "Render each of `sets` (default: the data the repository ships) to `out/<name>`; returns the summaries"
+    from synthface_nb.procedural import write_procedural_dataset    # torch and the renderer: not for `preset`
+    return {name: write_procedural_dataset(Path(out)/name, **spec, **PROCEDURAL_DATA_OPTIONS, progress=progress)
+            for name, spec in sets.items()}
+
 # %% ../nbs/08_pipeline.ipynb #7d41336c
 def main(argv: list[str] | None = None) -> int:
-    "Command line: `preset NAME [--params FILE]`"
+    "Command line: `preset NAME [--params FILE]`, `procedural-data [--out DIR]`"
     ap = argparse.ArgumentParser(prog="python -m synthface_nb.pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
     pre = sub.add_parser("preset", help="apply a preset from params.yaml")
     pre.add_argument("name"); pre.add_argument("--params", default="params.yaml")
+    data = sub.add_parser("procedural-data", help="render the data sets the repository ships (then `dvc add data`)")
+    data.add_argument("--out", default="data")
     args = ap.parse_args(argv)
     if args.command == "preset":
         apply_preset(args.name, args.params)
         print(f"{args.params}: applied preset '{args.name}'")
+    elif args.command == "procedural-data":
+        for s in write_procedural_data(args.out).values():
+            print(f"{s['root']}: {s['n_images']} images of {s['n_identities']} identities, {s['image_bytes'] / 1e6:.1f} MB")
     return 0
 
 if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())  # not when run inside a notebook

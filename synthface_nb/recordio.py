@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .core import atomic_write, write_text_atomic
-from .data import DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
+from .data import BadImageError, DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
 
 # %% auto #0
 __all__ = ['RECORD_MAGIC', 'IR_FORMAT', 'IR_SIZE', 'RecordIOError', 'frame_record', 'read_record_at', 'iter_records', 'map_file',
@@ -169,7 +169,7 @@ class IndexedRecordIO:
 
 def _read_index(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
     "Keys and offsets of a `.idx` file, as int64 arrays in file order"
-    text = idx_path.read_text()
+    text = idx_path.read_bytes().decode("ascii", errors="replace")    # a non-ASCII byte fails the line check below
     n_lines = text.count("\n") + (not text.endswith("\n") and bool(text))
     tokens = text.split()
     if len(tokens) == 2 * n_lines and text.count("\t") == n_lines:    # the fast path: numpy parses the integers
@@ -242,8 +242,8 @@ def _rec_pair(path: str | Path) -> tuple[Path, Path]:
     if not rec.is_file(): raise FileNotFoundError(f"{rec}: no such RecordIO file")
     return rec, rec.with_suffix(".idx")
 
-def record_labels(records: IndexedRecordIO, keys: np.ndarray) -> np.ndarray:
-    "The class label (scalar label, or first value of a label array) of the image records `keys`, as float64"
+def record_labels(records: IndexedRecordIO, keys: np.ndarray, unreadable: dict[int, str] | None = None) -> np.ndarray:
+    "The class label (scalar label, or first value of a label array) of the image records `keys`, as float64 (NaN for a header that cannot be read, when `unreadable` collects the errors by position)"
     keys = np.asarray(keys, dtype=np.int64)
     offs = records.offsets_of(keys)
     out = np.empty(len(offs), np.float64)
@@ -260,35 +260,56 @@ def record_labels(records: IndexedRecordIO, keys: np.ndarray) -> np.ndarray:
         fast[sel[~ok]] = False
         del words                                  # release the view so the map can be closed
     for i in np.flatnonzero(~fast):    # split records and anything malformed: the full read names the problem
-        h = records.read_header(int(keys[i]))
+        try: h = records.read_header(int(keys[i]))
+        except RecordIOError as e:
+            if unreadable is None: raise
+            unreadable[int(i)], out[i] = str(e), np.nan; continue
         out[i] = h.label[0] if h.flag > 0 else h.label
     return out
 
 class RecordIODataset(FaceDataset):
     "Face images in insightface RecordIO (`train.rec` + `train.idx`), labels read from the image-record headers"
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, verify: bool = False, skip_bad: bool = False):
         self.rec_path, idx_path = _rec_pair(path)
         self.records = IndexedRecordIO(self.rec_path, idx_path)
         self.header0 = self.records.read_header(0) if 0 in self.records else None
         if self.header0 is not None and self.header0.flag > 0:     # insightface layout: images are keys 1 .. label[0]-1
-            self.keys = np.arange(1, int(self.header0.label[0]), dtype=np.int64)
-            if not len(self.keys): raise RecordIOError(f"{self.rec_path}: record 0 says there are no image records")
-        else: self.keys = self.records.keys.copy()
-        try: raw = record_labels(self.records, self.keys)
+            keys = np.arange(1, int(self.header0.label[0]), dtype=np.int64)
+            if not len(keys): raise RecordIOError(f"{self.rec_path}: record 0 says there are no image records")
+        else: keys = self.records.keys.copy()
+        bad: dict[int, str] = {}                                   # position in `keys` -> error naming file and key
+        try: raw = record_labels(self.records, keys, bad if skip_bad else None)
         except KeyError as e:
             raise RecordIOError(f"{self.rec_path}: record 0 has label {self.header0.label.tolist()}, so images are keys "
-                                f"1..{self.keys[-1]}, but {e.args[0]}") from None
-        bad = np.flatnonzero((raw != np.round(raw)) | (raw < 0))
-        if bad.size: raise RecordIOError(f"{self.rec_path}: key {self.keys[bad[0]]} has label {raw[bad[0]]}, not a class index")
-        values, self.labels = np.unique(raw.astype(np.int64), return_inverse=True)
+                                f"1..{keys[-1]}, but {e.args[0]}") from None
+        for i in np.flatnonzero((raw != np.round(raw)) | (raw < 0)):
+            if i in bad: continue                                  # NaN: the header was unreadable
+            msg = f"{self._source(keys[i])}: label {raw[i]} is not a class index"
+            if not skip_bad: raise RecordIOError(msg)
+            bad[int(i)] = msg
+        if verify:
+            for i in range(len(keys)):
+                if i in bad: continue
+                try: decode_image(self._encoded(keys[i]), source=self._source(keys[i]))
+                except (BadImageError, RecordIOError) as e:
+                    if not skip_bad: raise
+                    bad[i] = str(e)
+        keep = np.setdiff1d(np.arange(len(keys)), list(bad))
+        if not len(keep): raise RecordIOError(f"{self.rec_path}: no readable image records ({len(bad)} skipped)")
+        self.keys = keys[keep]
+        values, self.labels = np.unique(raw[keep].astype(np.int64), return_inverse=True)
         self.classes = [str(v) for v in values]
+        skipped = [(self._source(keys[i]), bad[i].removeprefix(f"{self._source(keys[i])}: ")) for i in sorted(bad)]
+        self.report = DataReport(str(self.rec_path), len(self.keys), len(self.classes), skipped)
+
+    def _source(self, key: int) -> str: return f"{self.rec_path} (key {int(key)})"
+    def _encoded(self, key: int) -> bytes: return unpack_ir(self.records.read(int(key)), self._source(key))[1]
 
     def encoded_image(self, i: int) -> bytes:
         "The stored (encoded) bytes of image `i`"
-        key = int(self.keys[i])
-        return unpack_ir(self.records.read(key), f"{self.rec_path} (key {key})")[1]
+        return self._encoded(self.keys[i])
 
-    def source(self, i: int) -> str: return f"{self.rec_path} (key {int(self.keys[i])})"
+    def source(self, i: int) -> str: return self._source(self.keys[i])
     def load_image(self, i: int) -> np.ndarray: return decode_image(self.encoded_image(i), source=self.source(i))
 
     def __repr__(self): return f"RecordIODataset({self.rec_path}: {len(self)} images, {self.num_classes} identities)"
@@ -329,10 +350,5 @@ def open_face_dataset(path: str | Path, verify: bool = False, skip_bad: bool = F
     rec = p if p.suffix == ".rec" else p/"train.rec"
     if not rec.is_file():
         return ImageFolderDataset(p, verify=verify, skip_bad=skip_bad, max_per_class=max_per_class)
-    if skip_bad or max_per_class is not None:
-        raise ValueError(f"{rec}: skip_bad and max_per_class apply to image folders, not to RecordIO sets")
-    ds = RecordIODataset(rec)
-    if verify:
-        for i in range(len(ds)): ds.load_image(i)
-    ds.report = DataReport(str(rec), len(ds), ds.num_classes)
-    return ds
+    if max_per_class is not None: raise ValueError(f"{rec}: max_per_class applies to image folders, not to RecordIO sets")
+    return RecordIODataset(rec, verify=verify, skip_bad=skip_bad)

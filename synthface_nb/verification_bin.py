@@ -25,7 +25,7 @@ __all__ = ['UnsafePickleError', 'load_bin', 'write_bin', 'default_num_threads', 
 
 # %% ../nbs/03_verification_bin.ipynb #0741569c
 class UnsafePickleError(pickle.UnpicklingError):
-    "A pickle that names a global outside the verification-`.bin` allow-list"
+    "A pickle that names a global outside the verification-`.bin` allow-list, or builds a numpy type it must not"
 
 def _numpy_core(name: str):
     import importlib
@@ -35,21 +35,38 @@ def _numpy_core(name: str):
 class _NDArrayType:
     "Stands for `numpy.ndarray` inside the unpickler: usable by `_reconstruct` only, never callable"
 
-def _checked_dtype(spec, *args) -> np.dtype:
-    dt = np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec, *args)
-    if dt.kind not in "biuf" or dt.fields is not None or dt.subdtype is not None:
+_SAFE_KINDS = "biuf"   # bool, signed and unsigned integers, floats
+
+def _check_dtype(dt) -> np.dtype:
+    "`dt` itself if it is a plain bool, integer or float dtype, flags included, else an `UnsafePickleError`"
+    if not isinstance(dt, np.dtype): raise UnsafePickleError(f"expected a numpy dtype, got a {type(dt).__name__}")
+    if dt.kind not in _SAFE_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise UnsafePickleError(f"numpy dtype {dt} is not allowed in a verification .bin")
+    plain = np.dtype(dt.str)
+    if dt.hasobject or dt.flags != plain.flags:
+        raise UnsafePickleError(f"numpy dtype {dt} carries flags 0x{dt.flags:x} (a plain {plain} has 0x{plain.flags:x}); "
+                                "the pickle altered its state (the object flag makes numpy read numbers as pointers)")
     return dt
+
+def _checked_dtype(spec, *args) -> np.dtype:
+    return _check_dtype(np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec, *args))
+
+class _CheckedArray(np.ndarray):
+    "The arrays `_reconstruct` builds: the dtype in their pickled state is checked before numpy applies it"
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5): raise UnsafePickleError("malformed numpy array state")
+        _check_dtype(state[-3])                 # (version,) shape, dtype, is_fortran, data
+        super().__setstate__(state)
 
 def _reconstruct(cls, shape, typecode):
     if cls is not _NDArrayType: raise UnsafePickleError(f"_reconstruct of {cls!r} is not allowed")
-    return _numpy_core("multiarray")._reconstruct(np.ndarray, shape, typecode)
+    return _numpy_core("multiarray")._reconstruct(_CheckedArray, shape, typecode)
 
 def _frombuffer(buf, dtype, shape, order):
-    return _numpy_core("numeric")._frombuffer(buf, _checked_dtype(dtype), shape, order)
+    return _numpy_core("numeric")._frombuffer(buf, _check_dtype(dtype), shape, order)
 
 def _scalar(dtype, *args):
-    return _numpy_core("multiarray").scalar(_checked_dtype(dtype), *args)
+    return _numpy_core("multiarray").scalar(_check_dtype(dtype), *args)
 
 def _latin1_encode(text, encoding="latin1"):
     if encoding not in ("latin1", "latin-1"): raise UnsafePickleError(f"_codecs.encode with {encoding!r} is not allowed")
@@ -70,6 +87,18 @@ class _BinUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise UnsafePickleError("refused a persistent id in the pickle")
+
+def _check_numpy_objects(obj) -> None:
+    "Check the dtype of every numpy array, scalar and dtype inside the containers a pickle loaded to"
+    stack, seen = [obj], set()
+    while stack:                        # no recursion: a crafted pickle may nest deeply, or refer to itself
+        o = stack.pop()
+        if isinstance(o, (list, tuple, set, frozenset, dict)):
+            if id(o) in seen: continue  # every container stays alive inside `obj`, so ids are not reused
+            seen.add(id(o))
+            stack.extend([*o.keys(), *o.values()] if isinstance(o, dict) else o)
+        elif isinstance(o, (np.ndarray, np.generic)): _check_dtype(o.dtype)
+        elif isinstance(o, np.dtype): _check_dtype(o)
 
 # %% ../nbs/03_verification_bin.ipynb #3d67281a
 def _as_image_bytes(img, k: int, source: str) -> bytes:
@@ -104,7 +133,9 @@ def load_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such verification .bin")
     with open(path, "rb") as f:
-        try: obj = _BinUnpickler(f, encoding="bytes").load()
+        try:
+            obj = _BinUnpickler(f, encoding="bytes").load()
+            _check_numpy_objects(obj)
         except UnsafePickleError as e: raise UnsafePickleError(f"{path}: {e}") from None
         except Exception as e:
             raise ValueError(f"{path}: not a verification .bin pickle ({type(e).__name__}: {e})") from None

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthface_nb.data import ImageFolderDataset, encode_image, save_image, decode_image
-from synthface_nb.recordio import (RECORD_MAGIC, IRHeader, IndexedRecordIO, RecordIODataset, RecordIOError,
-                                   RecordIOWriter, iter_records, pack_ir, write_recordio, write_recordio_dataset)
+from synthface_nb.data import BadImageError, ImageFolderDataset, encode_image, save_image, decode_image
+from synthface_nb.recordio import (IR_SIZE, RECORD_MAGIC, IRHeader, IndexedRecordIO, RecordIODataset, RecordIOError,
+                                   RecordIOWriter, iter_records, open_face_dataset, pack_ir, write_recordio,
+                                   write_recordio_dataset)
 from synthface_nb.verification_bin import (UnsafePickleError, decode_bin, load_bin, make_verification_pairs,
                                            write_benchmark_bin, write_bin)
 
@@ -129,6 +130,43 @@ def test_rec_errors_name_file_and_offset(tmp_path):
         write_recordio(tmp_path / "x", [b"a"], [2**24])
 
 
+def test_idx_that_is_not_text_names_the_file(tmp_path):
+    rec = write_recordio(tmp_path, [b"one", b"two"], [0, 1])
+    (tmp_path / "train.idx").write_bytes(b"0\t0\n\xff\xfe\x00\x01\n")          # not UTF-8
+    with pytest.raises(RecordIOError, match=r"train.idx: line 2 is .*expected 'key<TAB>offset'"):
+        IndexedRecordIO(rec)
+    (tmp_path / "train.idx").write_bytes("0\t0\n1\t١٦\n".encode())            # Arabic-Indic digits: UTF-8, not an offset
+    with pytest.raises(RecordIOError, match=r"train.idx: line 2 is"):
+        RecordIODataset(tmp_path)
+
+
+def test_corrupted_jpeg_record_is_named_or_skipped_into_the_report(tmp_path):
+    src = _image_folder(tmp_path / "faces", [2, 3])
+    rec = write_recordio_dataset(src, tmp_path / "rec")
+    data, off = bytearray(rec.read_bytes()), IndexedRecordIO(rec).offsets
+    start = int(off[4]) + 8 + IR_SIZE                                # key 4's JPEG, framing untouched
+    data[start + 20: start + 200] = bytes(180)                      # headers and tables zeroed: does not decode
+    rec.write_bytes(bytes(data))
+    with pytest.raises(BadImageError, match=r"rec/train.rec \(key 4\): cannot decode image"):
+        open_face_dataset(tmp_path / "rec", verify=True)
+    ds = open_face_dataset(tmp_path / "rec", verify=True, skip_bad=True)
+    assert ds.keys.tolist() == [1, 2, 3, 5] and ds.labels.tolist() == [0, 0, 1, 1]
+    assert [np.array_equal(ds.load_image(i), src.load_image(j)) for i, j in [(2, 2), (3, 4)]] == [True, True]
+    report = ds.report.as_dict()
+    assert (report["n_images"], report["n_identities"], report["n_skipped"]) == (4, 2, 1)
+    assert report["skipped"][0]["path"] == f"{rec} (key 4)"
+    assert report["skipped_by_reason"] == {"cannot decode image": 1}
+
+
+def test_image_folder_lists_top_level_files_it_ignores(tmp_path):
+    src = _image_folder(tmp_path / "faces", [2, 1])
+    (tmp_path / "faces" / "procedural.json").write_text("{}")
+    (tmp_path / "faces" / "train.lst").write_text("a stray file\n")
+    ds = ImageFolderDataset(tmp_path / "faces", verify=True)
+    assert len(ds) == len(src) == 3 and ds.report.skipped == []
+    assert [p.rsplit("/", 1)[-1] for p in ds.report.as_dict()["ignored"]] == ["procedural.json", "train.lst"]
+
+
 def test_recordio_dataset_crosses_into_workers(tmp_path):
     src = _image_folder(tmp_path / "faces", [2, 3, 3])
     write_recordio_dataset(src, tmp_path / "rec")
@@ -170,6 +208,13 @@ def test_hostile_pickles_are_refused_without_running(tmp_path):
     (tmp_path / "obj.bin").write_bytes(pickle.dumps(([b"a", np.array([b"x", None], dtype=object)], [True])))
     with pytest.raises(UnsafePickleError, match="obj.bin: numpy dtype object is not allowed"):
         load_bin(tmp_path / "obj.bin")
+    # only allowed globals, but the uint8 dtype's pickled state (..., -1, -1, flags) sets the object flag
+    plain = pickle.dumps(([np.frombuffer(b"\xff\xd8\xff\xe0", np.uint8), b"b"], [True]), protocol=2)
+    state_end = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t"
+    assert plain.count(state_end) == 1
+    (tmp_path / "flags.bin").write_bytes(plain.replace(state_end, state_end[:-2] + b"\x01t"))
+    with pytest.raises(UnsafePickleError, match="flags.bin: numpy dtype uint8 carries flags 0x1"):
+        load_bin(tmp_path / "flags.bin")
 
 
 def test_python2_pickle_with_strings_and_numpy_arrays(tmp_path):

@@ -1,5 +1,6 @@
 """The procedural face set as files: byte-identical across processes and thread counts, rewritable
-atomically, within the size budget of the embedded data, with paired NIR folders."""
+atomically, within the size budget of the embedded data, with paired NIR folders; the shipped data is
+what `python -m synthface_nb.pipeline procedural-data` renders."""
 import hashlib
 import json
 import subprocess
@@ -7,10 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from synthface_nb.align import read_landmarks
-from synthface_nb.data import ImageFolderDataset, decode_image
+from synthface_nb.data import ImageFolderDataset, decode_image, encode_image
+from synthface_nb.pipeline import PROCEDURAL_DATA, PROCEDURAL_DATA_OPTIONS
 from synthface_nb.procedural import render_faces, write_procedural_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRIPLES = ([0, 5, 17, 1000], [0, 3, 11, 2])
 
@@ -59,3 +64,31 @@ def test_nir_folder_pairs_with_visible_folder(tmp_path):
     gray = decode_image(tmp_path / "vis_nir" / "000051" / "000002.png")
     assert np.array_equal(gray[..., 0], r.nir[0]) and np.array_equal(gray[..., 0], gray[..., 2])
     assert read_landmarks(tmp_path / "vis" / "landmarks.json").keys() == read_landmarks(tmp_path / "vis_nir" / "landmarks.json").keys()
+
+
+def _shipped_data():
+    "(relative path -> its object in the in-repo DVC remote, data.dvc's entry) for the data `data.dvc` points to"
+    out = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
+    obj = lambda md5: ROOT / "dvcstore" / "files" / "md5" / md5[:2] / md5[2:]
+    return {e["relpath"]: obj(e["md5"]) for e in json.loads(obj(out["md5"]).read_text())}, out
+
+
+def test_shipped_data_is_what_the_recipe_renders():
+    # read from the remote, not data/: a fresh clone has no data/ before `dvc pull`
+    stored, out = _shipped_data()
+    assert out["size"] < 10e6 and out["nfiles"] == len(stored)
+    assert sum(p.stat().st_size for p in stored.values()) == out["size"]
+    opts = PROCEDURAL_DATA_OPTIONS
+    for name, spec in PROCEDURAL_DATA.items():
+        meta = json.loads(stored[f"{name}/procedural.json"].read_text())
+        assert {k: meta[k] for k in (*spec, *opts)} == {**spec, **opts}
+        images = sorted(p for p in stored if p.startswith(f"{name}/") and p.endswith(".jpg"))
+        assert len(images) == spec["n_identities"] * spec["images_per_identity"]
+        ids = spec["first_identity"] + np.array([0, spec["n_identities"] - 1, 7])    # a few images, rendered now
+        idx = np.array([0, spec["images_per_identity"] - 1, 3])
+        r = render_faces(opts["seed"], ids, idx, opts["difficulty"])
+        marks = read_landmarks(stored[f"{name}/landmarks.json"])
+        for k, (i, j) in enumerate(zip(ids, idx)):
+            rel = f"{i:06d}/{j:06d}.{opts['image_format']}"
+            assert stored[f"{name}/{rel}"].read_bytes() == encode_image(r.images[k], opts["image_format"], opts["quality"]), rel
+            assert np.abs(marks[rel] - r.landmarks[k]).max() < 1e-3, rel
