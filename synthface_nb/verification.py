@@ -85,10 +85,16 @@ def fold_accuracies(dist: np.ndarray, issame: np.ndarray, n_folds: int = 10,
 
 # %% ../nbs/40_verification.ipynb #73c931a9
 def _far_threshold(far_train: np.ndarray, thresholds: np.ndarray, far_target: float) -> float:
-    "Threshold at which the training FAR reaches `far_target` (linear between distinct FAR values)"
+    "The reference's `interp1d(far_train, thresholds, kind='slinear')(far_target)` as scipy < 1.9 computed it; 0 if unreachable"
     if far_train.max() < far_target: return 0.0
-    far_u, first = np.unique(far_train, return_index=True)
-    return float(np.interp(far_target, far_u, thresholds[first]))
+    order = np.argsort(far_train, kind="stable")
+    x, y = far_train[order], thresholds[order]
+    if far_target < x[0]: raise ValueError(f"far_target {far_target} is below the FAR {x[0]} of every threshold")
+    # knots [x0, x0, x1, ..., x_last, x_last]: the interval [x[i], x[i+1]) with x[i] the last point <= far_target
+    i = min(int(np.searchsorted(x, far_target, side="right")) - 1, len(x) - 2)
+    if x[i] == x[i + 1]: return 0.0     # the top FAR level, hit exactly and repeated: an empty interval, where the spline is 0
+    w = 1.0 / (x[i + 1] - x[i])         # de Boor's degree-1 step, in scipy's order of operations
+    return float(y[i] * (w * (x[i + 1] - far_target)) + y[i + 1] * (w * (far_target - x[i])))
 
 def val_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3, n_folds: int = 10,
                thresholds: np.ndarray = VAL_THRESHOLDS) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.interpolate import BSpline, interp1d
 
 from synthface_nb.backbones import iresnet18
 from synthface_nb.data import encode_image, save_image
@@ -41,25 +42,50 @@ def _loop_folds(n, k):
         yield np.setdiff1d(idx, test), test
 
 
-def loop_evaluate(emb, issame, k=10, far_target=1e-3):
-    "insightface's evaluate(): per-threshold Python loops, argmax on the training folds"
+def slinear_before_scipy_1_9(x, y, x_new):
+    """`interp1d(x, y, kind="slinear")(x_new)` of scipy < 1.9, which accepted repeated x: a stable sort, then the
+    degree-1 B-spline that `make_interp_spline(x, y, k=1)` returned without checking for repeats"""
+    ind = np.argsort(x, kind="mergesort")
+    x, y = x[ind], y[ind]
+    return float(BSpline.construct_fast(np.r_[x[0], x, x[-1]], y, 1)(x_new))
+
+
+def reference_slinear(far_train, thresholds, far_target):
+    "insightface's `interpolate.interp1d(far_train, thresholds, kind='slinear')(far_target)`"
+    try:
+        return float(interp1d(far_train, thresholds, kind="slinear")(far_target))
+    except ValueError as e:          # scipy >= 1.9 refuses the repeated FAR values of a step curve
+        if "duplicates" not in str(e): raise
+        return slinear_before_scipy_1_9(far_train, thresholds, far_target)
+
+
+def loop_val(dist, issame, far_target=1e-3, k=10):
+    "insightface's calculate_val(): FAR curve on the training folds, interp1d slinear, VAL and FAR held out"
+    val, far, kinds = [], [], []
+    for train, test in _loop_folds(len(dist), k):
+        imp = dist[train][~issame[train]]
+        far_train = (imp[:, None] < VAL_THRESHOLDS).sum(0) / len(imp)
+        if far_train.max() >= far_target:
+            thr = reference_slinear(far_train, VAL_THRESHOLDS, far_target)
+            top = far_target == far_train.max() and (far_train == far_target).sum() > 1
+            kinds.append("top level" if top else "hit" if far_target in far_train else "between")
+        else:
+            thr = 0.0
+            kinds.append("unreachable")
+        v, f = _loop_far_val(thr, dist[test], issame[test])
+        val.append(v); far.append(f)
+    return np.mean(val), np.std(val), np.mean(far), kinds
+
+
+def loop_evaluate(emb, issame, k=10):
+    "insightface's evaluate() accuracies: per-threshold Python loops, argmax on the training folds"
     e1, e2 = emb[0::2], emb[1::2]
     dist = np.sum(np.square(e1 - e2), 1)
-    accs, vals = [], []
+    accs = []
     for train, test in _loop_folds(len(dist), k):
         acc_train = [_loop_accuracy(t, dist[train], issame[train]) for t in THRESHOLDS]
         accs.append(_loop_accuracy(THRESHOLDS[int(np.argmax(acc_train))], dist[test], issame[test]))
-        far_train = np.array([_loop_far_val(t, dist[train], issame[train])[1] for t in VAL_THRESHOLDS])
-        if far_train.max() >= far_target:
-            # the reference's interp1d(far_train, thresholds, 'slinear') on the distinct FAR values (first threshold each)
-            from scipy.interpolate import interp1d
-            keep = np.r_[True, np.diff(far_train) > 0]
-            thr = float(interp1d(far_train[keep], VAL_THRESHOLDS[keep], kind="slinear")(far_target))
-        else:
-            thr = 0.0
-        vals.append(_loop_far_val(thr, dist[test], issame[test])[0])
-    vals = np.array(vals)
-    return np.array(accs), np.nanmean(vals)
+    return np.array(accs), dist
 
 
 def _normalise(x):
@@ -73,12 +99,44 @@ def test_vectorised_protocol_matches_loops(n_pairs, seed):
     a = rng.normal(size=(n_pairs, 16))
     b = np.where(issame[:, None], a + rng.normal(scale=0.9, size=a.shape), rng.normal(size=a.shape))
     emb = _normalise(np.stack([a, b], 1).reshape(-1, 16))
-    accs, val = loop_evaluate(emb, issame)
+    accs, dist = loop_evaluate(emb, issame)
+    val, val_std, far, _ = loop_val(dist, issame)
     ours = verification_metrics(emb, issame)
     assert ours["fold_accuracies"] == accs.tolist()              # identical, not merely close
     assert ours["accuracy"] == accs.mean() and ours["accuracy_std"] == accs.std()
-    assert ours["val"] == pytest.approx(val, abs=1e-12)
+    assert (ours["val"], ours["val_std"], ours["far"]) == (val, val_std, far)
     assert 0.55 < ours["accuracy"] < 0.99                        # a case where the threshold search matters
+
+
+def test_slinear_reference_is_scipy_slinear():
+    # the reference's fallback is interp1d's slinear wherever today's scipy accepts the input (distinct x)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = np.cumsum(rng.uniform(0.01, 1, 12)); y = rng.uniform(0, 4, 12)
+        for q in np.r_[rng.uniform(x[0], x[-1], 5), x]:
+            assert slinear_before_scipy_1_9(x, y, q) == float(interp1d(x, y, kind="slinear")(q))
+
+
+def test_val_at_far_matches_insightface_on_random_cases():
+    "VAL and FAR as insightface's calculate_val gives them, between FAR levels, on exact hits and out of reach"
+    rng = np.random.default_rng(4)
+    kinds = set()
+    for case in range(120):
+        n = int(rng.integers(20, 300))
+        issame = rng.random(n) < rng.uniform(0.2, 0.8)
+        for _, test in _loop_folds(n, 10): issame[test[0]], issame[test[-1]] = True, False   # both kinds per fold
+        dist = np.where(issame, rng.uniform(0, 2.5, n), rng.uniform(0.5, 4, n))
+        if case % 2: dist = np.round(dist, 3)                    # distances on the threshold grid: ties
+        if case % 5 == 0: dist[~issame & (rng.random(n) < 0.3)] = 4.0   # FAR never reaches 1
+        train0 = next(_loop_folds(n, 10))[0]
+        imp0 = dist[train0][~issame[train0]]
+        levels = np.unique((imp0[:, None] < VAL_THRESHOLDS).sum(0) / len(imp0))   # fold 0's FAR levels
+        far_target = [1e-3, 1e-2, rng.uniform(0, 0.6), rng.choice(levels), levels[-1], 1.0][case % 6]
+        val, val_std, far, k = loop_val(dist, issame, far_target)
+        kinds.update(k)
+        ours = val_at_far(dist, issame, far_target)
+        assert (ours["val"], ours["val_std"], ours["far"], ours["val_folds"]) == (val, val_std, far, 10), case
+    assert kinds == {"between", "hit", "top level", "unreachable"}   # every branch of the reference was compared
 
 
 def test_known_best_threshold_and_accuracy():
