@@ -55,7 +55,8 @@ def compute_step(name: str, batch: int, repeats: int = 3, threads: int | None = 
     try:
         t = best_time(step, repeats=repeats, warmup=1)
         # the matmul reference at the thread count the step ran on
-        ref, eff = matmul_gflops(), efficiency(flops / batch, batch / t)
+        ref = matmul_gflops(fresh=True)
+        eff = efficiency(flops / batch, batch / t, ref)
     finally: torch.set_num_threads(before)
     name = f"{name}, {threads or before} thread(s)"
     report(f"{name}: train step, batch {batch}", batch / t, "img/s")

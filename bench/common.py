@@ -1,8 +1,9 @@
 """Shared helpers for the benchmarks in bench/: an in-process matmul reference and uniform printing.
 
 Every compute benchmark reports its FLOP efficiency against the fp32 matmul GFLOP/s measured in the same
-process, because absolute speeds drift between machines and runs (see README, Benchmarks), and at the same
-torch thread count as the workload (a 1-thread step against a 2-thread matmul would read half as efficient).
+process right after the workload, because absolute speeds drift between machines and within a run (see README,
+Benchmarks), and at the same torch thread count as the workload (a 1-thread step against a 2-thread matmul
+would read half as efficient).
 """
 from __future__ import annotations
 import time
@@ -13,11 +14,11 @@ import torch
 _MATMUL_GFLOPS: dict[tuple, float] = {}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu") -> float:
-    "Best-of-`repeats` GFLOP/s of an n x n matmul at torch's current thread count (cached per size, dtype, device, threads)"
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device="cpu", fresh: bool = False) -> float:
+    "Best-of-`repeats` GFLOP/s of an n x n matmul at torch's current thread count (cached per size, dtype, device, threads unless `fresh`)"
     # keyed by the thread count: a step timed on 1 thread must be compared with the matmul on 1 thread
     key = (n, dtype, str(device), torch.get_num_threads())
-    if key in _MATMUL_GFLOPS: return _MATMUL_GFLOPS[key]
+    if key in _MATMUL_GFLOPS and not fresh: return _MATMUL_GFLOPS[key]
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
     if a.is_cuda: torch.cuda.synchronize()
@@ -44,10 +45,12 @@ def report(name: str, value: float, unit: str, goal: str = "") -> None:
     print(f"{name:<58s} {value:>12.2f} {unit:<10s} {goal}".rstrip(), flush=True)
 
 
-def efficiency(flops_per_item: float, items_per_s: float) -> float:
-    "Share (percent) of the in-process matmul GFLOP/s, at the current thread count, that a workload of `flops_per_item` reaches"
-    # call it while torch runs at the thread count the workload was timed at
-    return 100 * flops_per_item * items_per_s / 1e9 / matmul_gflops()
+def efficiency(flops_per_item: float, items_per_s: float, reference: float | None = None) -> float:
+    "Share (percent) of the matmul GFLOP/s `reference` (default: measured now, at the current thread count) that a workload reaches"
+    # call it right after the timing, at the thread count the workload ran on: a shared machine's speed drifts within
+    # a run (seen here: 88 GFLOP/s at the start of `make bench`, 146-168 a minute later), and a reference taken at
+    # process start made a workload look up to twice as efficient as it was
+    return 100 * flops_per_item * items_per_s / 1e9 / (reference if reference is not None else matmul_gflops(fresh=True))
 
 
 @contextmanager
