@@ -121,13 +121,15 @@ def _group_by_shape(items) -> list[list[int]]:
     for k, im in items: groups.setdefault(np.shape(im), []).append(k)
     return list(groups.values())
 
+def _too_small(image: np.ndarray, detector: torch.nn.Module) -> bool:
+    "Whether `image` is shorter than the detector's `min_face_size`, so it cannot hold a face the detector looks for"
+    # MTCNN's image pyramid is empty then, and facenet-pytorch fails on an empty torch.cat
+    return min(np.shape(image)[:2]) < getattr(detector, "min_face_size", 0)
+
 def detect_faces(images: Sequence[np.ndarray], detector: torch.nn.Module) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    "Boxes (k, 4), probabilities (k,) and landmarks (k, 5, 2) of the faces in each uint8 HWC RGB image"
+    "Boxes (k, 4), probabilities (k,) and landmarks (k, 5, 2) of the faces in each uint8 HWC RGB image (none in one too small)"
     out: list = [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))] * len(images)
-    # MTCNN's image pyramid is empty for an image shorter than `min_face_size` (facenet-pytorch then fails
-    # on an empty torch.cat): such an image cannot hold a face the detector looks for, so it has none
-    small = getattr(detector, "min_face_size", 0)
-    for idx in _group_by_shape((i, im) for i, im in enumerate(images) if min(np.shape(im)[:2]) >= small):
+    for idx in _group_by_shape((i, im) for i, im in enumerate(images) if not _too_small(im, detector)):
         boxes, probs, points = detector.detect(np.stack([images[i] for i in idx]), landmarks=True)
         for i, b, p, l in zip(idx, boxes, probs, points):
             if b is not None:
@@ -207,7 +209,7 @@ def _chunk_landmarks(ds: FaceDataset, names: list[str], chunk: range, detector: 
         elif names[i] in given: marks[i], how[i] = given[names[i]], "given"
         elif detector == "landmarks": failures.append({"image": names[i], "reason": NO_LANDMARKS})
     todo = [i for i in imgs if i not in marks] if detector == "mtcnn" else []
-    small = [i for i in todo if min(imgs[i].shape[:2]) < net.min_face_size]
+    small = [i for i in todo if _too_small(imgs[i], net)]
     failures += [{"image": names[i], "reason": TOO_SMALL,
                   "detail": f"{imgs[i].shape[0]}x{imgs[i].shape[1]} < min_face_size {net.min_face_size}"} for i in small]
     todo = [i for i in todo if i not in small]
