@@ -1,4 +1,4 @@
-# Two commands: `make run` (set up, fetch the data, run the pipeline) and `make test`.
+# Two commands: `make run` (set up, fetch the data, run the pipeline) and `make test`; `make docs` builds the docs.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ export PYTHONHASHSEED := 0
 # dvc runs `papermill` from the stage commands: the venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test bench preset clean-venv
+.PHONY: setup run test bench docs preset clean-venv
 
 $(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Browsable docs, offline: every notebook as an HTML page (not executed) in _docs/; open _docs/index.html.
+docs: setup
+	$(BIN)/python tools/build_docs.py --out _docs
 
 # Apply a preset from params.yaml (e.g. `make preset PRESET=paper_sface`); `git checkout params.yaml` undoes it.
 preset: setup

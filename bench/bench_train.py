@@ -20,7 +20,12 @@ from common import best_time, efficiency, matmul_gflops, report, section  # noqa
 
 from synthface_nb.backbones import build_backbone  # noqa: E402
 from synthface_nb.data import ImageFolderDataset, save_image  # noqa: E402
-from synthface_nb.fr_stages import cpu_preset  # noqa: E402
+from synthface_nb.fr_stages import fr_settings  # noqa: E402
+
+
+def cpu_preset():
+    "The FR training config of the cpu preset (SFace's CLS)"
+    return fr_settings({}, "cpu")[0]
 from synthface_nb.heads import get_head  # noqa: E402
 from synthface_nb.trainer import train_fr  # noqa: E402
 

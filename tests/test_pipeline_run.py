@@ -1,6 +1,7 @@
 """Run the first pipeline stage in a scratch copy of the repository and check that DVC caches it:
 `dvc pull` works offline from the in-repo remote, and a second `dvc repro` changes nothing."""
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ def scratch_repo(tmp_path_factory):
             shutil.copy2(src, dst / rel)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     _run(["git", "init", "-q"], dst, env)
+    _run(["git", "add", "-A"], dst, env)   # dvclive (FR and GAN logs) needs a repository with a commit
+    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "scratch"], dst, env)
     return dst, env
 
 
@@ -56,3 +59,105 @@ def test_dvc_pull_then_repro_prepare_then_noop(scratch_repo):
     assert "didn't change" in again or "skipping" in again, again
     assert (repo / "dvc.lock").read_text() == lock
     assert _digest(repo / "artifacts" / "prepare") == outs
+
+
+TOY_METHOD = '''"""A method outside the package: a label-free objective and a generator recipe, registered on import."""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch.nn.functional as F
+
+from synthface_nb.core import write_json_atomic
+from synthface_nb.data import save_image
+from synthface_nb.generator_recipes import GeneratorRecipe, generator_recipes
+from synthface_nb.objectives import Objective, objectives
+from synthface_nb.recordio import open_face_dataset
+from synthface_nb.stylegan2_training import write_dvclive
+
+
+@objectives.register("toy_spread")
+class ToySpread(Objective):
+    "Push the batch's normalised embeddings apart (no labels, no teacher)"
+    needs_labels = False
+    def __init__(self, ctx, power: float = 2.0):
+        super().__init__()
+        self.power = power
+    def forward(self, backbone, views, labels):
+        e = F.normalize(backbone(views[0]))
+        loss = (e @ e.T).abs().pow(self.power).mean()
+        return loss, {"spread": loss.detach()}
+
+
+@generator_recipes.register("toy_colours")
+class ToyColours(GeneratorRecipe):
+    "Learns each identity's mean colour; generates flat faces of those colours with seeded noise"
+    train_family, generate_family = "toy_colours_train", "toy_colours_generate"
+    def train_defaults(self): return {"max_identities": 100}
+    def generate_defaults(self): return {"per_identity": 4, "noise": 20.0}
+    def train(self, data, out_dir, settings, seed, progress=True):
+        ds = open_face_dataset(data)
+        means = {}
+        for i in range(len(ds)):
+            k = int(ds.labels[i])
+            if k < settings["max_identities"]: means.setdefault(k, []).append(ds.load_image(i).reshape(-1, 3).mean(0))
+        colours = {k: np.mean(v, 0).tolist() for k, v in sorted(means.items())}
+        write_json_atomic(Path(out_dir)/"model"/"colours.json", colours)
+        write_json_atomic(Path(out_dir)/"metrics.json", {"identities": len(colours)})
+        write_dvclive([{"step": 0, "identities": len(colours)}], Path(out_dir)/"live")   # the stage declares live/ plots
+        return {"summary": {"identities": len(colours)}}
+    def generate(self, model_dir, out_dir, report_dir, settings, seed, progress=True):
+        colours = json.loads((Path(model_dir)/"colours.json").read_text())
+        n = 0
+        for k, c in colours.items():
+            for i in range(settings["per_identity"]):
+                rng = np.random.default_rng([seed, int(k), i])
+                img = np.clip(np.array(c) + rng.normal(0, settings["noise"], (112, 112, 3)), 0, 255).astype(np.uint8)
+                save_image(Path(out_dir)/f"{int(k):06d}"/f"{i:06d}.png", img); n += 1
+        save_image(Path(report_dir)/"sample_grid.png", np.zeros((8, 8, 3), np.uint8))
+        return {"images_written": n, "dataset": {"n_images": n, "n_identities": len(colours)}}
+'''
+
+TINY_FR = {"network": "iresnet18", "width": 0.125, "input_size": 32, "embedding_size": 16, "epochs": 1, "batch_size": 16,
+           "lr_batch": 16, "warmup_epochs": 0.0, "num_workers": 0, "device": "cpu"}
+
+
+def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo):
+    """A toy objective and a toy generator recipe in a module outside the package, declared in params.yaml only
+    (no edit of dvc.yaml, a stage notebook or the package): `dvc repro` trains, generates, aligns, trains FR with
+    and without a teacher, evaluates, audits and reports them."""
+    import yaml
+    repo, env = scratch_repo
+    env = {**env, "PYTHONPATH": str(repo)}
+    if not (repo / "data" / "authentic").exists():
+        _run([BIN / "dvc", "pull", "-q", "data.dvc"], repo, env)
+    (repo / "toy_method.py").write_text(TOY_METHOD)
+    before = {p: (repo / p).read_bytes() for p in ("dvc.yaml", "nbs/stages/train_fr.ipynb", "nbs/stages/generate.ipynb")}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params.update(
+        plugins=["toy_method"],
+        generators={"toy": {"family": "toy_colours", "data": "data/authentic", "overrides": {"max_identities": 12}}},
+        generated={"toy": {"generator": "toy", "overrides": {"per_identity": 6}}},
+        align={"toy": {"input": "artifacts/generated/toy", "overrides": {"detector": "template"}}},
+        fr_runs={"toy_spread": {"data": "artifacts/aligned/toy", "objective": "toy_spread",
+                                "objective_kwargs": {"power": 2.0}, "overrides": TINY_FR}},
+        fr_runs_with_teacher={"toy_kt": {"data": "artifacts/aligned/toy", "objective": "kt",
+                                         "teacher": "artifacts/train_fr/toy_spread/model.pt", "overrides": TINY_FR}})
+    params["prepare"]["n_pairs"] = 200
+    params["audit"].update(model="artifacts/train_fr/toy_spread/model.pt", top_k=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([BIN / "dvc", "repro"], repo, env)
+    for stage in ("train_generator@toy", "generate@toy", "align@toy", "train_fr@toy_spread", "train_fr_with_teacher@toy_kt",
+                  "evaluate", "audit", "report"):
+        assert f"Running stage '{stage}'" in out, f"{stage} did not run:\n{out}"
+    assert len(list((repo / "artifacts" / "generated" / "toy").rglob("*.png"))) == 12 * 6
+    spread = json.loads((repo / "artifacts" / "train_fr" / "toy_spread" / "metrics.json").read_text())
+    kt = json.loads((repo / "artifacts" / "train_fr" / "toy_kt" / "metrics.json").read_text())
+    assert (spread["objective"], spread["config"]["objective_kwargs"], spread["teacher"]) == ("toy_spread", {"power": 2.0}, None)
+    assert (kt["objective"], kt["teacher"]) == ("kt", "artifacts/train_fr/toy_spread/model.pt")
+    evaluation = (repo / "artifacts" / "evaluate" / "evaluation.json").read_text()
+    assert '"toy_spread"' in evaluation and '"toy_kt"' in evaluation, "both runs are evaluated"
+    assert "toy_spread" in (repo / "artifacts" / "report" / "results.md").read_text()
+    assert {p: (repo / p).read_bytes() for p in before} == before
+    again = _run([BIN / "dvc", "status"], repo, env)
+    assert "up to date" in again, again

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthface_nb.pipeline import notebook_parameters, papermill_stage_parameters
+from synthface_nb.pipeline import STAGES, load_params, notebook_parameters, stage_parameters, sync_dvc_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,39 +30,69 @@ def test_readme_shows_the_two_commands_and_the_config_location():
     assert "[tool.nbdev]" in text and "settings.ini" in text
 
 
-STAGES = sorted((ROOT / "nbs" / "stages").glob("*.ipynb"))
+STAGE_NOTEBOOKS = sorted((ROOT / "nbs" / "stages").glob("*.ipynb"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = load_params(ROOT / "params.yaml")
 
 
-def _stage_cmds():
+def _dvc_stages():
+    "(dvc.yaml stage, runner stage, entry keys (None for a single stage), stage body) for every dvc.yaml stage"
     for name, stage in DVC["stages"].items():
+        body = stage.get("do", stage)
+        args = body["cmd"].split()
+        assert args[:4] == ["python", "-m", "synthface_nb.pipeline", "stage"], f"dvc.yaml stage {name}: not the stage runner"
+        runner = args[4]
         if "foreach" in stage:
-            yield name, stage["do"]["cmd"], stage["do"].get("params", [])
+            group = stage["foreach"].strip("${}")
+            assert STAGES[runner].entries == group, f"dvc.yaml stage {name} loops over {group}, the runner reads {STAGES[runner].entries}"
+            yield name, runner, list(PARAMS[group]), body
         else:
-            yield name, stage["cmd"], stage.get("params", [])
+            yield name, runner, [None], body
 
 
-@pytest.mark.parametrize("nb", STAGES, ids=[p.stem for p in STAGES])
+@pytest.mark.parametrize("nb", STAGE_NOTEBOOKS, ids=[p.stem for p in STAGE_NOTEBOOKS])
 def test_stage_notebook_has_exactly_one_parameters_cell(nb):
     params = notebook_parameters(nb)
     assert params, f"{nb.name}: the parameters cell defines nothing"
 
 
-@pytest.mark.parametrize("name,cmd,params", list(_stage_cmds()), ids=[n for n, _, _ in _stage_cmds()])
-def test_every_papermill_parameter_exists_in_the_notebook_and_is_declared(name, cmd, params):
-    nb, passed = papermill_stage_parameters(cmd)
-    defined = notebook_parameters(ROOT / nb)
-    unknown = sorted(set(passed) - set(defined))
-    assert not unknown, f"dvc.yaml stage {name} passes -p {unknown}, which {nb} does not define"
-    declared = {p if isinstance(p, str) else next(iter(p)) for p in params}
-    for value in passed.values():
-        for ref in re.findall(r"\$\{([^}]+)\}", value):
-            if ref.startswith("item"):
-                continue
-            assert any(ref == d or ref.startswith(d + ".") for d in declared), \
-                f"dvc.yaml stage {name}: ${{{ref}}} is passed but not declared under params"
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_runner_parameters_are_the_notebook_parameters_and_defaults_are_params_yaml(stage):
+    spec = STAGES[stage]
+    defined = notebook_parameters(ROOT / "nbs" / "stages" / f"{spec.notebook}.ipynb")
+    keys = list(PARAMS[spec.entries]) if spec.entries else [None]
+    for key in keys:
+        given = stage_parameters(stage, key, PARAMS)
+        assert set(given) == set(defined), f"{stage}[{key}]: runner passes {sorted(given)}, {spec.notebook}.ipynb defines {sorted(defined)}"
+    if spec.entries and defined["name"] not in PARAMS[spec.entries]:
+        return   # the notebook's default entry is one of the other mapping (train_fr's default is in fr_runs)
+    assert stage_parameters(stage, defined.get("name"), PARAMS) == defined, \
+        f"{spec.notebook}.ipynb: the parameters cell's defaults differ from what params.yaml gives its default entry"
 
 
-def test_every_stage_notebook_is_used_by_dvc_yaml():
-    used = {papermill_stage_parameters(cmd)[0] for _, cmd, _ in _stage_cmds()}
-    assert {f"nbs/stages/{p.name}" for p in STAGES} == used
+def test_every_stage_notebook_is_run_by_dvc_yaml():
+    used = {STAGES[runner].notebook for _, runner, _, _ in _dvc_stages()}
+    assert {p.stem for p in STAGE_NOTEBOOKS} == used
+
+
+@pytest.mark.parametrize("name,runner,keys,body", list(_dvc_stages()), ids=[n for n, *_ in _dvc_stages()])
+def test_dvc_stage_declares_what_the_runner_reads_and_writes(name, runner, keys, body):
+    spec = STAGES[runner]
+    declared = set(body.get("params", []))
+    want = set(spec.reads) | ({f"{spec.entries}.${{key}}"} if spec.entries else set())
+    covered = {w for w in want if any(w == d or w.startswith(d + ".") for d in declared)}
+    assert covered == want, f"dvc.yaml stage {name}: params should declare {sorted(want - covered)}"
+    outs = [o if isinstance(o, str) else next(iter(o)) for o in body.get("outs", []) + body.get("metrics", [])]
+    tag = spec.notebook + ("_${key}" if spec.entries else "")
+    for key in keys:
+        paths = [v for k, v in stage_parameters(runner, key, PARAMS).items() if k in dict(spec.paths)]
+        for out in outs:
+            o = out.replace("${key}", str(key))
+            assert o in (f"runs/{tag}.ipynb".replace("${key}", str(key)), f"runs/{tag}.yaml".replace("${key}", str(key))) \
+                or any(o == p or o.startswith(p.rstrip("/") + "/") or o.startswith(p + "_") for p in paths), \
+                f"dvc.yaml stage {name}: output {o} is not under the runner's paths {paths}"
+
+
+def test_dvc_module_dependencies_are_the_import_closure():
+    changed = sync_dvc_deps(ROOT / "dvc.yaml", ROOT / "params.yaml", ROOT / "nbs" / "stages", ROOT / "synthface_nb", check=True)
+    assert not changed, f"dvc.yaml module deps differ from the import closure (run `python -m synthface_nb.pipeline deps`): {changed}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from synthface_nb.core import load_checkpoint
-from synthface_nb.stylegan2_training import write_shape_classes
+from synthface_nb.testing import write_shape_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +40,9 @@ def test_ddp_ranks_stay_identical(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(TINY + textwrap.dedent(f"""
         import torch
-        from synthface_nb.data import ImageFolderDataset
+        from synthface_nb.data import ImageFolderDataset, TrainingImages
         from synthface_nb.distributed import init_distributed, shutdown_distributed
-        from synthface_nb.stylegan2_training import TrainingImages, build_training_state, training_step
+        from synthface_nb.stylegan2_training import build_training_state, training_step
         info, device = init_distributed("cpu")
         ds = ImageFolderDataset({str(data)!r})
         cfg = tiny_config(ds.num_classes, 1.0)
@@ -69,13 +69,14 @@ def test_ddp_ranks_stay_identical(tmp_path):
 
 def test_torchrun_training_resumes_exactly(tmp_path):
     """Two ranks stopped between ADA updates resume to exactly the uninterrupted run: the checkpoint holds every
-    rank's path-length mean and ADA's partial sums of all ranks. The CLI sizes the preset for the world size."""
+    rank's path-length mean and ADA's partial sums of all ranks. SFace's CLI sizes the minibatch-std group for the world size."""
     data = write_shape_classes(tmp_path / "data", n_classes=4, per_class=6, size=16)
     script = tmp_path / "resume.py"
     script.write_text(TINY + textwrap.dedent(f"""
         from synthface_nb.data import ImageFolderDataset
         from synthface_nb.distributed import init_distributed
-        from synthface_nb.stylegan2_training import main, train_stylegan2
+        from synthface_nb.sface import main
+        from synthface_nb.stylegan2_training import train_stylegan2
         info, device = init_distributed("cpu")
         ds = ImageFolderDataset({str(data)!r})
         cfg = tiny_config(ds.num_classes, 0.028)  # 7 steps of 4 images (2 per rank); ADA updates after steps 2, 4, 6
@@ -84,8 +85,8 @@ def test_torchrun_training_resumes_exactly(tmp_path):
         run("/straight")
         run("/resumed", max_steps=3)  # checkpointed after step 3: partial ADA sums on both ranks
         run("/resumed")
-        main(["--data", {str(data)!r}, "--out", {str(tmp_path / "cli")!r}, "--resolution", "16", "--batch-size", "4",
-              "--total-kimg", "0.004", "--device", "cpu"])  # last: it leaves the process group
+        main(["train", "--data", {str(data)!r}, "--out", {str(tmp_path / "cli")!r}, "--set", "resolution=16", "batch_size=4",
+              "config={{'total_kimg': 0.004}}", "probe_epochs=1", "eval_per_class=2", "eval_classes=4", "device=cpu"])  # last: it leaves the process group
     """))
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
                          env=_env(), capture_output=True, text=True, timeout=300)
@@ -99,7 +100,7 @@ def test_torchrun_training_resumes_exactly(tmp_path):
     assert (a["ada"], a["pl_mean"]) == (b["ada"], b["pl_mean"])
     read = lambda d: [{k: v for k, v in json.loads(l).items() if k != "img_per_s"} for l in (d / "log.jsonl").read_text().splitlines()]
     assert read(tmp_path / "straight") == read(tmp_path / "resumed")
-    cli = load_checkpoint(tmp_path / "cli" / "training-state.pt")["config"]
+    cli = load_checkpoint(tmp_path / "cli" / "model" / "training-state.pt")["config"]
     assert cli["batch_size"] == 4 and cli["networks"]["D"]["rgb"]["mbstd_group_size"] == 2  # min(4 // 2 ranks, 4)
 
 

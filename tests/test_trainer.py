@@ -14,7 +14,8 @@ import torch
 from synthface_nb.core import load_checkpoint
 from synthface_nb.data import ImageFolderDataset
 from synthface_nb.fr_models import load_fr_model
-from synthface_nb.trainer import TrainConfig, train_fr, write_color_folder
+from synthface_nb.testing import write_color_folder
+from synthface_nb.trainer import TrainConfig, train_fr
 
 TINY = dict(network="iresnet18", width=0.125, input_size=32, embedding_size=16, dropout=0.2, batch_size=4, lr_batch=4,
             log_every=1, num_threads=1, objective_kwargs={"head": "cosface", "head_kwargs": {"s": 16.0, "m": 0.2}})
@@ -65,9 +66,9 @@ def test_ddp_ranks_end_identical(tmp_path):
 def test_stage_command_line(tmp_path):
     data = write_color_folder(tmp_path / "data", n_identities=3, per_identity=4, size=32)
     out = tmp_path / "fr"
-    args = [sys.executable, "-m", "synthface_nb.fr_stages", "--data", str(data), "--out", str(out), "--device", "cpu",
-            "--set", "network='iresnet18'", "width=0.125", "input_size=32", "embedding_size=16", "epochs=1",
-            "batch_size=4", "num_workers=0", "num_threads=1", "progress=False"]
+    args = [sys.executable, "-m", "synthface_nb.fr_stages", "--data", str(data), "--out", str(out),
+            "--set", "device='cpu'", "network='iresnet18'", "width=0.125", "input_size=32", "embedding_size=16",
+            "batch_size=4", "num_workers=0", "num_threads=1", "epochs=1"]
     res = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     m = json.loads((out / "metrics.json").read_text())
@@ -75,7 +76,7 @@ def test_stage_command_line(tmp_path):
     fr = load_fr_model(out / "model.pt")
     assert fr.embed(torch.zeros(2, 3, 112, 112)).shape == (2, 16)
     bad = subprocess.run(args[:-1] + ["epoch=1"], env=_env(), capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "unknown training parameter(s) epoch" in bad.stderr
+    assert bad.returncode != 0 and "overrides of fr: unknown setting(s) epoch" in bad.stderr
 
 
 def test_resume_with_workers_matches_uninterrupted_run(tmp_path):
