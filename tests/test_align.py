@@ -16,16 +16,16 @@ from conftest import run_stage
 
 def test_stage_notebook_template_and_landmarks_modes(tmp_path):
     write_procedural_dataset(tmp_path / "gen", 3, 2, seed=1, progress=False)
-    run_stage("align", tmp_path, ("input_dir", "gen"), ("output_dir", "out/aligned"), ("detector", "template"),
-              ("report_path", "out/align_report.json"))
+    run_stage("align", tmp_path, name="gen", aligned={"input": "gen", "overrides": {"detector": "template"}},
+              output_dir="out/aligned", report_path="out/align_report.json")
     report = json.loads((tmp_path / "out" / "align_report.json").read_text())
     assert (report["detector"], report["n_aligned"], report["n_failed"]) == ("template", 6, 0)
     assert "generator's alignment is kept" in report["note"]
     assert len(ImageFolderDataset(tmp_path / "out" / "aligned")) == 6
     executed = json.loads((tmp_path / "runs" / "align.ipynb").read_text())
     assert any(o.get("output_type") == "display_data" for c in executed["cells"] for o in c.get("outputs", []))
-    run_stage("align", tmp_path, ("input_dir", "gen"), ("output_dir", "out/by_landmarks"), ("detector", "landmarks"),
-              ("report_path", "out/landmarks_report.json"))
+    run_stage("align", tmp_path, name="gen", aligned={"input": "gen", "overrides": {"detector": "landmarks"}},
+              output_dir="out/by_landmarks", report_path="out/landmarks_report.json")
     report = json.loads((tmp_path / "out" / "landmarks_report.json").read_text())
     assert report["landmark_sources"] == {"given": 6, "detected": 0, "template": 0}
 

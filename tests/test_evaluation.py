@@ -234,10 +234,12 @@ def _toy_workspace(root: Path):
 
 def test_stage_notebooks_evaluate_audit_report(tmp_path):
     _toy_workspace(tmp_path)
-    run_stage("evaluate", tmp_path, ("models", "models/*/model.pt"), ("benchmarks", "bench"), ("out_dir", "out/evaluate"))
-    run_stage("audit", tmp_path, ("generated", "gen/images"), ("authentic", "auth"), ("model", "models/teacher/model.pt"),
-              ("out_dir", "out/audit"), ("fmr", "0.05"))
-    run_stage("report", tmp_path, ("evaluate_dir", "out/evaluate"), ("audit_dir", "out/audit"), ("out_dir", "out/report"))
+    run_stage("evaluate", tmp_path, out_dir="out/evaluate", evaluate={"models": "models/*/model.pt", "benchmarks": "bench",
+              "batch_size": 0, "max_pairs": 0, "strict": False, "device": "cpu"})
+    run_stage("audit", tmp_path, out_dir="out/audit", seed=0, audit={"generated": "gen/images", "authentic": "auth",
+              "model": "models/teacher/model.pt", "fmr": 0.05, "relation": "auto", "thresholds": "authentic", "top_k": 8,
+              "fid": False, "batch_size": 0, "device": "cpu"})
+    run_stage("report", tmp_path, evaluate_dir="out/evaluate", audit_dir="out/audit", out_dir="out/report")
     metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
     assert sorted(metrics) == ["cls", "teacher"] and list(metrics["cls"]) == ["procedural"]
     direct = verify(load_fr_model(tmp_path / "models" / "cls" / "model.pt"),
