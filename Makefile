@@ -9,7 +9,7 @@ export PYTHONHASHSEED := 0
 # dvc runs `papermill` from the stage commands: the venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test bench docs preset clean-venv
+.PHONY: setup run test bench docs preset gpu-smoke clean-venv
 
 $(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# On a GPU node: a few FR and GAN steps with AMP, resume, a generation batch and a verification run (minutes).
+gpu-smoke: setup
+	$(BIN)/python tools/gpu_smoke.py
 
 # Browsable docs, offline: every notebook as an HTML page (not executed) in _docs/; open _docs/index.html.
 docs: setup

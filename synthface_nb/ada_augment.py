@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .distributed import all_reduce_mean
 
 # %% auto #0
-__all__ = ['AUGMENT_SPECS', 'translate2d', 'scale2d', 'rotate2d', 'translate3d', 'scale3d', 'rotate3d', 'AugmentPipe',
+__all__ = ['AUGMENT_SPECS', 'translate2d', 'scale2d', 'rotate2d', 'translate3d', 'scale3d', 'rotate3d', 'resample', 'AugmentPipe',
            'build_augment_pipe', 'AdaController']
 
 # %% ../nbs/22_stylegan2_augment.ipynb #87a534ea
@@ -42,6 +42,41 @@ def rotate3d(v: torch.Tensor, theta: torch.Tensor, ref) -> torch.Tensor:
                  [vy * vx * cc + vz * s, vy * vy * cc + c, vy * vz * cc - vx * s, 0],
                  [vz * vx * cc - vy * s, vz * vy * cc + vx * s, vz * vz * cc + c, 0],
                  [0, 0, 0, 1]], ref)
+
+# %% ../nbs/22_stylegan2_augment.ipynb #38ab09b1
+_BILINEAR, _REFLECTION = 0, 2   # aten's codes for mode="bilinear", padding_mode="reflection"
+
+def _sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+class _Resample(torch.autograd.Function):
+    "out = A x for the fixed sampling grid; backward: Aᵀ g, through `_ResampleBackward` so that it has a backward too"
+    @staticmethod
+    def forward(ctx, x, grid):
+        if grid.requires_grad: raise ValueError("resample: the sampling grid must not require a gradient")
+        ctx.save_for_backward(grid); ctx.shape = x.shape
+        return _sample(x, grid)
+    @staticmethod
+    def backward(ctx, grad):
+        grid, = ctx.saved_tensors
+        return _ResampleBackward.apply(grad, grid, ctx.shape), None
+
+class _ResampleBackward(torch.autograd.Function):
+    "Aᵀ g; its own backward is A (the sampling is linear in the image)"
+    @staticmethod
+    def forward(ctx, grad, grid, shape):
+        ctx.save_for_backward(grid)
+        image = grad.new_zeros(shape)     # only its shape matters: the input gradient does not depend on the image
+        gx, _ = torch.ops.aten.grid_sampler_2d_backward(grad, image, grid, _BILINEAR, _REFLECTION, False, [True, False])
+        return gx
+    @staticmethod
+    def backward(ctx, gg):
+        grid, = ctx.saved_tensors
+        return _Resample.apply(gg, grid), None, None
+
+def resample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    "Bilinear `grid_sample` with reflection padding (align_corners=False), twice differentiable in `x` on every device"
+    return _Resample.apply(x, grid)
 
 # %% ../nbs/22_stylegan2_augment.ipynb #db8bba60
 class AugmentPipe(nn.Module):
@@ -137,7 +172,7 @@ class AugmentPipe(nn.Module):
             S = scale2d(2 / w, 2 / h, images[:, 0, 0, 0]).to(images.dtype)
             theta = (S @ G.to(images.dtype) @ torch.linalg.inv(S))[:, :2, :]
             grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
-            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            images = resample(images, grid)
         C = self.color_matrix(n, images.device, generator)
         if C is not None:
             C = C.to(images.dtype)

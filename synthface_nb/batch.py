@@ -20,7 +20,7 @@ from .pipeline import check_entry, deep_merge, load_params
 # %% auto #0
 __all__ = ['BATCH_KEYS', 'RUN_KEYS', 'RUN_DIR_ENV', 'nested', 'grid_points', 'BatchRun', 'Batch', 'load_batch', 'run_digest',
            'read_status', 'is_done', 'failed_cell', 'running_cell', 'read_metrics', 'record_metrics',
-           'papermill_command', 'with_run_dir', 'run_environment', 'execute_run', 'failure', 'run_batch',
+           'papermill_command', 'with_run_dir', 'run_process_env', 'execute_run', 'failure', 'run_batch',
            'summary_table', 'main']
 
 # %% ../nbs/08b_batch.ipynb #faaad36f
@@ -173,7 +173,7 @@ def with_run_dir(params, run_dir: str | Path):
     if isinstance(params, list): return [with_run_dir(v, run_dir) for v in params]
     return params.replace("{run_dir}", str(run_dir)) if isinstance(params, str) else params
 
-def run_environment(run_dir: str | Path, gpu: str | None = None, base: dict | None = None) -> dict[str, str]:
+def run_process_env(run_dir: str | Path, gpu: str | None = None, base: dict | None = None) -> dict[str, str]:
     "The environment of a run: `base` (this process's), its folder in `BATCH_RUN_DIR`, its GPU if pinned"
     env = {**(os.environ if base is None else base), RUN_DIR_ENV: str(Path(run_dir).resolve())}
     if gpu is not None: env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -209,7 +209,7 @@ def execute_run(run: BatchRun, run_dir: str | Path, timeout: float | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir/"metrics.json").unlink(missing_ok=True)   # an earlier attempt's numbers are not this run's
     write_text_atomic(run_dir/"parameters.yaml", yaml.safe_dump(with_run_dir(run.parameters, run_dir), sort_keys=False))
-    env = run_environment(run_dir, gpu)
+    env = run_process_env(run_dir, gpu)
     status = {"run": run.name, "status": "running", "notebook": run.notebook, "digest": run_digest(run),
               "host": socket.gethostname(), "device": env.get("CUDA_VISIBLE_DEVICES") or "cpu",
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

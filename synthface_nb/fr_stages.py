@@ -17,6 +17,7 @@ from .recordio import open_face_dataset
 from .distributed import dist_info, init_distributed, shutdown_distributed
 from .objectives import objectives
 from .pipeline import check_entry, import_plugins, parse_overrides, resolve_preset
+from .runloop import check_accelerator, in_launched_process, launch
 from .trainer import TrainConfig, train_fr
 
 # %% auto #0
@@ -26,26 +27,34 @@ __all__ = ['RUN_KEYS', 'fr_defaults', 'fr_settings', 'train_fr_run', 'training_c
 RUN_KEYS = ("data", "objective", "objective_kwargs", "teacher", "overrides")
 
 def fr_defaults() -> dict:
-    "The FR family's settings with their defaults: `TrainConfig` (SFace's recipe) and the device"
-    return {**asdict(TrainConfig()), "device": "auto"}
+    "The FR family's settings with their defaults: `TrainConfig` (SFace's recipe), the device and the number of processes"
+    return {**asdict(TrainConfig()), "device": "auto", "nproc": 1}
 
-def fr_settings(run: dict, preset: str = "cpu", seed: int = 0) -> tuple[TrainConfig, str]:
-    "The training config and device of an FR run entry (data, objective, objective_kwargs, teacher, overrides)"
+def fr_settings(run: dict, preset: str = "cpu", seed: int = 0) -> tuple[TrainConfig, str, int]:
+    "The training config, device and number of processes of an FR run entry (data, objective, objective_kwargs, teacher, overrides)"
     check_entry(run, RUN_KEYS, (), "FR run")
     s = resolve_preset("fr", fr_defaults(), preset, run.get("overrides"))
     if run.get("objective"): s["objective"], s["objective_kwargs"] = run["objective"], dict(run.get("objective_kwargs") or {})
     objectives.get(s["objective"])     # an unknown objective lists the registered ones
-    device = s.pop("device")
-    return TrainConfig.from_dict({**s, "seed": seed}), device
+    device, nproc = s.pop("device"), int(s.pop("nproc"))
+    if nproc < 1: raise ValueError(f"FR run settings: nproc must be at least 1, got {nproc}")
+    return TrainConfig.from_dict({**s, "seed": seed}), device, nproc
 
 # %% ../nbs/32_fr_stages.ipynb #7f9b721a
 def train_fr_run(name: str, run: dict, out_dir: str | Path, preset: str = "cpu", seed: int = 0,
-                 benchmarks: str | Path | None = None, plugins: list[str] | None = None, resume: bool = False,
-                 max_per_class: int | None = None, max_pairs: int | None = None, progress: bool = True) -> dict:
+                 benchmarks: str | Path | None = None, plugins: list[str] | None = None, resume: bool | str = "auto",
+                 max_per_class: int | None = None, max_pairs: int | None = None, progress: bool = True,
+                 state_dir: str | Path | None = None) -> dict:
     "Train FR run `name` (a params.yaml entry) and write model, checkpoint, metrics and live logs to `out_dir`"
     import_plugins(plugins)
     out_dir = Path(out_dir)
-    cfg, device = fr_settings(run, preset, seed)
+    cfg, device, nproc = fr_settings(run, preset, seed)
+    if nproc > 1 and not in_launched_process():   # the same call in `nproc` torchrun processes
+        kwargs = dict(name=name, run=run, out_dir=str(out_dir), preset=preset, seed=seed, benchmarks=benchmarks and str(benchmarks),
+                      plugins=plugins, resume=resume, max_per_class=max_per_class, max_pairs=max_pairs, progress=progress,
+                      state_dir=state_dir and str(state_dir))
+        return launch("synthface_nb.fr_stages:train_fr_run", kwargs, nproc, Path(state_dir or out_dir)/"launch", device)
+    check_accelerator(preset, device)
     teacher = run.get("teacher") or None
     uses_teacher = objectives.get(cfg.objective).needs_teacher
     if uses_teacher and not teacher:
@@ -60,15 +69,14 @@ def train_fr_run(name: str, run: dict, out_dir: str | Path, preset: str = "cpu",
     meta = {"run": name, "method": cfg.objective, "preset": preset, "data": Path(run["data"]).name,
             "n_images": len(ds), "n_identities": ds.num_classes}
     res = train_fr(cfg, ds, out_dir, teacher=teacher if uses_teacher else None, device=device, callbacks=callbacks,
-                   resume=resume and (out_dir/"checkpoint.pt").exists(), live_dir=out_dir/"live", progress=progress,
-                   meta=meta)
+                   resume=resume, live_dir=out_dir/"live", progress=progress, meta=meta, state_dir=state_dir)
     losses = res.losses
     summary = {"run": name, "objective": cfg.objective, "data_dir": str(run["data"]),
                "teacher": str(teacher) if uses_teacher else None, "preset": preset,
                "n_images": len(ds), "n_identities": ds.num_classes, "steps": res.step, "finished": res.finished,
                "first_loss": losses[0] if losses else None, "final_loss": float(np.mean(losses[-5:])) if losses else None,
                "verification": res.evals, "images_per_second": res.images_per_second,
-               "data_wait_share": res.data_wait_share, "seconds": res.seconds,
+               "data_wait_share": res.data_wait_share, "seconds": res.seconds, "environment": res.environment,
                "model": str(out_dir/"model.pt") if res.finished else None, "config": asdict(cfg), "history": res.history}
     if dist_info().is_main: write_json_atomic(out_dir/"metrics.json", {k: v for k, v in summary.items() if k != "history"})
     return summary
@@ -97,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objective", default="cls"); ap.add_argument("--objective-kwargs", default="{}", type=json.loads)
     ap.add_argument("--teacher"); ap.add_argument("--benchmarks")
     ap.add_argument("--preset", default="cpu"); ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plugins", nargs="*", default=[]); ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--plugins", nargs="*", default=[])
+    ap.add_argument("--restart", action="store_true", help="start over instead of continuing a checkpoint of the same run")
+    ap.add_argument("--state", help="folder of the checkpoint while the run trains (default: --out)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override a training setting")
     ap.add_argument("--print-config", action="store_true", help="print the resolved settings and stop")
     args = ap.parse_args(argv)
@@ -107,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
            "teacher": args.teacher, "overrides": sets}
     if args.print_config:
         import_plugins(args.plugins)
-        cfg, device = fr_settings(run, args.preset, args.seed)
-        print(json.dumps({**asdict(cfg), "device": device})); return 0
+        cfg, device, nproc = fr_settings(run, args.preset, args.seed)
+        print(json.dumps({**asdict(cfg), "device": device, "nproc": nproc})); return 0
     init_distributed(sets.get("device", "auto"))
-    try: s = train_fr_run(Path(args.out).name, run, args.out, args.preset, args.seed, args.benchmarks, args.plugins, args.resume)
+    try: s = train_fr_run(Path(args.out).name, run, args.out, args.preset, args.seed, args.benchmarks, args.plugins,
+                          resume=False if args.restart else "auto", state_dir=args.state)
     finally: shutdown_distributed()
     if dist_info().is_main: print(f"{args.out}: {s['steps']} steps, final loss {s['final_loss']:.4f}, verification {s['verification']}")
     return 0

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .core import atomic_dir, atomic_write, file_digest, write_json_atomic
 from .data import encode_image, resize_to, to_uint8_images
-from .distributed import barrier, dist_info, init_distributed, shard_range, shutdown_distributed
+from .distributed import all_gather_cat, barrier, dist_info, init_distributed, shard_range, shutdown_distributed
 from .generators import FaceGenerator, load_generator, seed_policies
 
 # %% auto #0
@@ -171,6 +172,9 @@ def generate_from_checkpoint(generator_path: str | Path, out_dir: str | Path, im
                                   truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size,
                                   source=file_digest(generator_path), output_size=output_size, on_change=on_change,
                                   progress=progress)
+    counts = ("identities", "generated_identities", "skipped_identities", "images_written")
+    totals = all_gather_cat(torch.tensor([[rep[k] for k in counts]], dtype=torch.float64, device=dev)).sum(0)
+    rep.update({k: int(v) for k, v in zip(counts, totals.tolist())})   # every rank's share, added
     barrier()
     if info.is_main: rep["manifest"] = str(finalize_manifest(out_dir, ids))
     return rep

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .core import Registry, write_json_atomic
 from .pipeline import check_entry, import_plugins, resolve_preset
+from .distributed import dist_info
+from .runloop import in_launched_process, launch
 
 # %% auto #0
 __all__ = ['generator_recipes', 'GENERATOR_KEYS', 'GENERATED_KEYS', 'GeneratorRecipe', 'get_recipe', 'recipe_settings',
@@ -27,8 +29,9 @@ class GeneratorRecipe(abc.ABC):
     @abc.abstractmethod
     def generate_defaults(self) -> dict: "The generation settings and their defaults"
     @abc.abstractmethod
-    def train(self, data: str | Path, out_dir: Path, settings: dict, seed: int, progress: bool = True) -> dict:
-        "Train on the face set `data`; write `out_dir/model/` (the generator), `out_dir/metrics.json`, `out_dir/live/`"
+    def train(self, data: str | Path, out_dir: Path, settings: dict, seed: int, progress: bool = True,
+              state_dir: Path | None = None, preset: str = "cpu") -> dict:
+        "Train on the face set `data`; write `out_dir/model/` (the generator), `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
     @abc.abstractmethod
     def generate(self, model_dir: Path, out_dir: Path, report_dir: Path, settings: dict, seed: int,
                  progress: bool = True) -> dict:
@@ -60,15 +63,22 @@ def recipe_settings(recipe: GeneratorRecipe, part: str, preset: str = "cpu", ove
     return resolve_preset(family, defaults, preset, overrides)
 
 def train_generator_run(name: str, generator: dict, out_dir: str | Path, preset: str = "cpu", seed: int = 0,
-                        plugins: list[str] | None = None, progress: bool = True) -> dict:
+                        plugins: list[str] | None = None, progress: bool = True, state_dir: str | Path | None = None) -> dict:
     "Train generator `name` (a params.yaml `generators:` entry: family, data, overrides) into `out_dir`"
     import_plugins(plugins)
     check_entry(generator, GENERATOR_KEYS, ("family", "data"), f"generator '{name}'")
     recipe, out_dir = get_recipe(generator["family"]), Path(out_dir)
     settings = recipe_settings(recipe, "train", preset, generator.get("overrides"))
-    result = recipe.train(generator["data"], out_dir, settings, seed, progress)
-    write_json_atomic(out_dir/"model"/"recipe.json", {"family": generator["family"], "preset": preset, "seed": seed,
-                                                      "data": str(generator["data"]), "settings": settings})
+    nproc = int(settings.get("nproc", 1))
+    if nproc > 1 and not in_launched_process():   # the same call in `nproc` torchrun processes
+        kwargs = dict(name=name, generator=generator, out_dir=str(out_dir), preset=preset, seed=seed, plugins=plugins,
+                      progress=progress, state_dir=state_dir and str(state_dir))
+        return launch("synthface_nb.generator_recipes:train_generator_run", kwargs, nproc,
+                      Path(state_dir or out_dir)/"launch", settings.get("device", "auto"))
+    result = recipe.train(generator["data"], out_dir, settings, seed, progress, Path(state_dir) if state_dir else None, preset)
+    if dist_info().is_main:
+        write_json_atomic(out_dir/"model"/"recipe.json", {"family": generator["family"], "preset": preset, "seed": seed,
+                                                          "data": str(generator["data"]), "settings": settings})
     return result
 
 def generate_run(name: str, generated: dict, out_dir: str | Path, report_dir: str | Path,
@@ -82,7 +92,13 @@ def generate_run(name: str, generated: dict, out_dir: str | Path, report_dir: st
     except FileNotFoundError: raise FileNotFoundError(f"{model_dir/'recipe.json'}: generator '{generated['generator']}' has not been trained (run its train_generator stage)") from None
     recipe = get_recipe(family)
     settings = recipe_settings(recipe, "generate", preset, generated.get("overrides"))
+    nproc = int(settings.get("nproc", 1))
+    if nproc > 1 and not in_launched_process():   # classes sharded over `nproc` torchrun processes
+        kwargs = dict(name=name, generated=generated, out_dir=str(out_dir), report_dir=str(report_dir),
+                      generators_dir=str(generators_dir), preset=preset, seed=seed, plugins=plugins, progress=progress)
+        return launch("synthface_nb.generator_recipes:generate_run", kwargs, nproc, Path(report_dir)/"launch",
+                      settings.get("device", "auto"))
     report = {**recipe.generate(model_dir, Path(out_dir), Path(report_dir), settings, seed, progress),
               "generator": generated["generator"], "family": family, "preset": preset, "settings": settings}
-    write_json_atomic(Path(report_dir)/"report.json", report)
+    if dist_info().is_main: write_json_atomic(Path(report_dir)/"report.json", report)
     return report

@@ -18,8 +18,9 @@ from .core import write_text_atomic
 # %% auto #0
 __all__ = ['STAGES', 'PROCEDURAL_DATA', 'PROCEDURAL_DATA_OPTIONS', 'load_params', 'find_presets_dir', 'known_presets',
            'load_preset', 'deep_merge', 'merge_settings', 'resolve_preset', 'check_entry', 'parse_overrides',
-           'set_preset', 'import_plugins', 'Stage', 'stage_parameters', 'run_stage', 'module_imports', 'module_closure',
-           'stage_module_deps', 'sync_dvc_deps', 'notebook_parameters', 'write_procedural_data', 'main']
+           'set_preset', 'import_plugins', 'Stage', 'stage_parameters', 'stage_tag', 'run_stage', 'module_imports',
+           'module_closure', 'stage_module_deps', 'sync_dvc_deps', 'notebook_parameters', 'write_procedural_data',
+           'main']
 
 # %% ../nbs/08_pipeline.ipynb #54ea8d99
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -135,20 +136,21 @@ class Stage:
     reads: tuple[str, ...] = ()              # params.yaml values passed as parameters (dotted: the last part names it)
     paths: tuple[tuple[str, str], ...] = ()  # notebook parameter -> path of an output or input ({name}: the entry's key)
     families: str | None = None              # params.yaml values naming the built-in modules the stage runs
+    state: bool = False                      # gets `state_dir`: a folder for checkpoints outside DVC's outputs
 
 _RUN_READS = ("seed", "preset", "plugins", "evaluate.benchmarks")
 STAGES = {
     "prepare": Stage("prepare", reads=("seed", "prepare"), paths=(("out_dir", "artifacts/prepare"),)),
     "train_generator": Stage("train_generator", "generators", "generator", ("seed", "preset", "plugins"),
-                             (("out_dir", "artifacts/generators/{name}"),), families="generators.*.family"),
+                             (("out_dir", "artifacts/generators/{name}"),), families="generators.*.family", state=True),
     "generate": Stage("generate", "generated", "generated", ("seed", "preset", "plugins"),
                       (("out_dir", "artifacts/generated/{name}"), ("report_dir", "artifacts/generate/{name}"),
                        ("generators_dir", "artifacts/generators")), families="generators.*.family"),
     "align": Stage("align", "align", "aligned", ("preset",),
                    (("output_dir", "artifacts/aligned/{name}"), ("report_path", "artifacts/aligned/{name}_report.json"))),
-    "train_fr": Stage("train_fr", "fr_runs", "run", _RUN_READS, (("out_dir", "artifacts/train_fr/{name}"),)),
+    "train_fr": Stage("train_fr", "fr_runs", "run", _RUN_READS, (("out_dir", "artifacts/train_fr/{name}"),), state=True),
     "train_fr_with_teacher": Stage("train_fr", "fr_runs_with_teacher", "run", _RUN_READS,
-                                   (("out_dir", "artifacts/train_fr/{name}"),)),
+                                   (("out_dir", "artifacts/train_fr/{name}"),), state=True),
     "evaluate": Stage("evaluate", reads=("evaluate",), paths=(("out_dir", "artifacts/evaluate"),)),
     "audit": Stage("audit", reads=("seed", "audit"), paths=(("out_dir", "artifacts/audit"),)),
     "report": Stage("report", paths=(("evaluate_dir", "artifacts/evaluate"), ("audit_dir", "artifacts/audit"),
@@ -180,7 +182,12 @@ def stage_parameters(stage: str, name: str | None = None, params: dict | str | P
     elif name is not None: raise ValueError(f"stage {stage} has no entries; got '{name}'")
     for dotted in spec.reads: out[dotted.rsplit(".", 1)[-1]] = _lookup(params, dotted, source)
     for param, template in spec.paths: out[param] = template.format(name=name)
+    if spec.state: out["state_dir"] = f"state/{stage_tag(stage, name)}"
     return out
+
+def stage_tag(stage: str, name: str | None = None) -> str:
+    "The name of a stage run's files: `runs/<tag>.ipynb`, `runs/<tag>.yaml`, `state/<tag>/`"
+    return STAGES[stage].notebook + (f"_{name}" if name is not None else "")
 
 # %% ../nbs/08_pipeline.ipynb #abb50e9e
 def run_stage(stage: str, name: str | None = None, params_path: str | Path = "params.yaml",
@@ -190,9 +197,15 @@ def run_stage(stage: str, name: str | None = None, params_path: str | Path = "pa
     params = stage_parameters(stage, name, params_path)
     nb = Path(notebooks_dir)/f"{STAGES[stage].notebook}.ipynb"
     if not nb.is_file(): raise FileNotFoundError(f"{nb}: stage notebook of '{stage}' not found")
-    tag = STAGES[stage].notebook + (f"_{name}" if name is not None else "")
+    tag = stage_tag(stage, name)
     params_file, executed = Path(runs_dir)/f"{tag}.yaml", Path(runs_dir)/f"{tag}.ipynb"
     write_text_atomic(params_file, yaml.safe_dump(params, sort_keys=False))
+    if STAGES[stage].state:   # kept across `dvc repro` while the code that wrote it is the same
+        import synthface_nb
+        from synthface_nb.runloop import code_digest, prepare_state_dir
+        package = Path(synthface_nb.__file__).parent
+        files = [nb] + [package.parent/f for f in stage_module_deps(stage, load_params(params_path), notebooks_dir, package)]
+        prepare_state_dir(params["state_dir"], code_digest(files))
     cmd = [sys.executable, "-m", "papermill", "--no-progress-bar", "-k", "python3", str(nb), str(executed), "-f", str(params_file)]
     res = subprocess.run(cmd)
     if res.returncode: raise SystemExit(f"stage {stage}{f' ({name})' if name else ''}: {nb} failed; see {executed}")

@@ -19,27 +19,30 @@ from .generation import generate_from_checkpoint
 from .generator_recipes import GeneratorRecipe, generate_run, generator_recipes, recipe_settings, train_generator_run
 from .pipeline import parse_overrides
 from .recordio import open_face_dataset
-from .stylegan2_training import stylegan2_defaults, summarize_history, train_stylegan2, training_config, write_dvclive
+from .stylegan2_training import stylegan2_defaults, summarize_history, train_stylegan2, training_config
+from .runloop import check_accelerator
 
 # %% auto #0
 __all__ = ['train_sface_gan', 'sface_generate_defaults', 'generate_sface', 'SFaceRecipe', 'main']
 
 # %% ../nbs/26_sface.ipynb #3cdd328b
-def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed: int = 0, progress: bool = True) -> dict:
+def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed: int = 0, progress: bool = True,
+                    state_dir: str | Path | None = None, preset: str = "cpu") -> dict:
     "Train SFace's class-conditional StyleGAN2-ADA on `data` (one class per identity): `out_dir/model`, metrics, live logs"
     out_dir, s = Path(out_dir), settings
     if s["num_threads"]: torch.set_num_threads(s["num_threads"])
-    dev = resolve_device(s["device"])
+    dev = check_accelerator(preset, s["device"])
+    if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", dist_info().local_rank)
     ds = open_face_dataset(data)
     config = training_config(s, ds.num_classes, dist_info().world_size)   # the minibatch-std group follows the ranks
     score = probe_scorer(ds, s["resolution"], per_class=s["eval_per_class"], max_classes=s["eval_classes"],
                          epochs=s["probe_epochs"], seed=seed, device=dev)
     result = train_stylegan2(config, ds, out_dir/"model", seed=seed, device=dev, resume="auto", snapshot_kimg=s["snapshot_kimg"],
-                             on_snapshot=score, num_workers=s["num_workers"], progress=progress)
-    summary = {**summarize_history(result["history"]), "num_classes": ds.num_classes, "chance": 1 / ds.num_classes}
-    if dist_info().is_main:   # under torchrun every rank trains; one writes
-        write_json_atomic(out_dir/"metrics.json", summary)
-        write_dvclive(result["history"], out_dir/"live")
+                             on_snapshot=score, num_workers=s["num_workers"], progress=progress,
+                             state_dir=state_dir, live_dir=out_dir/"live")
+    summary = {**summarize_history(result["history"]), "num_classes": ds.num_classes, "chance": 1 / ds.num_classes,
+               "environment": result["environment"]}
+    if dist_info().is_main: write_json_atomic(out_dir/"metrics.json", summary)   # under torchrun every rank trains; one writes
     return {"config": config, "summary": summary, "history": result["history"], "kimg": result["kimg"],
             "grids": sorted((out_dir/"model"/"grids").glob("nimg*.png"))}
 
@@ -47,7 +50,7 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
 def sface_generate_defaults() -> dict:
     "SFace's generation settings: every class, SFace-60, seeds from range(1, 1001), psi 1, resized to the aligned 112"
     return {"images_per_identity": 60, "num_identities": -1, "seed_policy": "sface", "truncation_psi": 1.0,
-            "noise_mode": "random", "output_size": 112, "batch_size": 64, "device": "auto", "num_threads": 0}
+            "noise_mode": "random", "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0}
 
 def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str | Path, settings: dict, seed: int = 0,
                    progress: bool = True) -> dict:
@@ -60,9 +63,10 @@ def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str |
                                       noise_mode=s["noise_mode"], batch_size=s["batch_size"], device=s["device"],
                                       output_size=s["output_size"] if s["output_size"] > 0 else None, on_change="restart",
                                       progress=progress)
-    ds = ImageFolderDataset(out_dir)
-    report["dataset"] = dataset_statistics(ds)
-    save_image(Path(report_dir)/"sample_grid.png", identity_grid(ds, 8, 8))
+    if dist_info().is_main:   # under torchrun every rank generates its share of the classes; one describes the set
+        ds = ImageFolderDataset(out_dir)
+        report["dataset"] = dataset_statistics(ds)
+        save_image(Path(report_dir)/"sample_grid.png", identity_grid(ds, 8, 8))
     return report
 
 # %% ../nbs/26_sface.ipynb #82d2c00f
@@ -72,7 +76,8 @@ class SFaceRecipe(GeneratorRecipe):
     train_family, generate_family = "stylegan2", "sface_generate"
     def train_defaults(self) -> dict: return stylegan2_defaults()
     def generate_defaults(self) -> dict: return sface_generate_defaults()
-    def train(self, data, out_dir, settings, seed, progress=True): return train_sface_gan(data, out_dir, settings, seed, progress)
+    def train(self, data, out_dir, settings, seed, progress=True, state_dir=None, preset="cpu"):
+        return train_sface_gan(data, out_dir, settings, seed, progress, state_dir, preset)
     def generate(self, model_dir, out_dir, report_dir, settings, seed, progress=True):
         return generate_sface(Path(model_dir)/"generator.pt", out_dir, report_dir, settings, seed, progress)
     def show_training(self, result: dict) -> None:

@@ -25,6 +25,8 @@ from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators,
                                     generator_checkpoint, stylegan2_config)
 from .ada_augment import AdaController, build_augment_pipe
 from .pipeline import deep_merge, resolve_preset
+from .runloop import (RunLog, check_length, copy_atomic, load_resume, progress_bar, run_environment, run_identity,
+                                  set_numerics)
 
 # %% auto #0
 __all__ = ['auto_config', 'stylegan2_defaults', 'training_config', 'training_preset', 'r1_penalty', 'path_length_penalty',
@@ -59,7 +61,7 @@ def stylegan2_defaults() -> dict:
     return {"resolution": 128, "batch_size": None, "network": {"conv_clamp": 256}, "config": {},
             # the training stage: snapshot cadence, the progress probe, where and how it runs
             "snapshot_kimg": 200.0, "probe_epochs": 15, "eval_per_class": 10, "eval_classes": 50,
-            "device": "auto", "num_threads": 0, "num_workers": 0}
+            "device": "auto", "nproc": 1, "num_threads": 0, "num_workers": 0}
 
 def training_config(settings: dict, num_classes: int, gpus: int = 1) -> dict:
     "The training configuration of resolved GAN `settings` for `num_classes` classes on `gpus` devices"
@@ -330,28 +332,19 @@ def snapshot_grid(G_ema: Generator, conditioning, rows: int = 8, cols: int = 8, 
     return image_grid(to_uint8_images(imgs), ncols=cols)
 
 # %% ../nbs/23_stylegan2_training.ipynb #a469c180
-def _read_log(path: Path, up_to_step: int) -> list[dict]:
-    "The log records up to the checkpointed step; a last line cut short by a killed process is dropped"
-    if not path.exists(): return []
-    lines, out = path.read_text().splitlines(), []
-    for i, line in enumerate(lines):
-        try: rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1: break
-            raise ValueError(f"{path}: line {i + 1} is not a JSON record") from None
-        if rec["step"] <= up_to_step: out.append(rec)
-    return out
+_OUTPUT_FILES = ("training-state.pt", "generator.pt", "log.jsonl")
 
 def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, seed: int = 0,
                     device: str | torch.device = "cpu", condition_fn: Callable | None = None, resume: bool | str = True,
                     snapshot_kimg: float = 4.0, log_every: int = 10, max_steps: int | None = None,
                     on_snapshot: Callable[[Generator, int], dict] | None = None, num_workers: int = 0,
-                    cache: bool | None = None, progress: bool = True) -> dict:
-    "Train StyleGAN2-ADA on `dataset` for config['total_kimg'] (or `max_steps` this call), resuming from out_dir"
-    if resume not in (True, False, "auto"): raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
-    from tqdm.auto import tqdm
+                    cache: bool | None = None, progress: bool = True, state_dir: str | Path | None = None,
+                    live_dir: str | Path | None = None) -> dict:
+    "Train StyleGAN2-ADA on `dataset` for config['total_kimg'] (or `max_steps` this call), resuming from `state_dir` (default `out_dir`)"
     out_dir, device = Path(out_dir), torch.device(device)
+    state_dir = Path(state_dir) if state_dir is not None else out_dir
     info = dist_info()
+    set_numerics(device)
     res = config["networks"]["G"]["img_resolution"]
     cond_cfg = dict(config["conditioning"])
     conditioning = conditionings.build(cond_cfg.pop("name"), **cond_cfg)
@@ -363,42 +356,40 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
         labels = np.asarray(dataset.labels)
         condition_fn = lambda idx: conditioning.encode(labels[np.asarray(idx)])
     state = build_training_state(config, seed, device)
-    ckpt_path = out_dir / "training-state.pt"
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, kind="stylegan2_training", map_location=device)
-        if ckpt.get("config") == config and ckpt.get("seed") == seed: load_training_state(state, ckpt, str(ckpt_path))
-        elif resume != "auto":
-            raise ValueError(f"{ckpt_path}: was written with another config or seed; delete it, pass resume=False "
-                             "(start over) or resume='auto' (start over when the config changed)")
-        elif info.is_main: print(f"{ckpt_path}: config or seed changed, starting over")
-    log_path = out_dir / "log.jsonl"
-    history = _read_log(log_path, state.step) if info.is_main and state.step > 0 else []
+    ckpt_path = state_dir / "training-state.pt"
+    identity = run_identity(config, info.world_size, {"seed": seed, "n_images": len(dataset)})
+    total_steps = math.ceil(config["total_kimg"] * 1000 / config["batch_size"])
+    ckpt = load_resume(ckpt_path, "stylegan2_training", identity, resume, map_location=device, quiet=not info.is_main)
+    if ckpt is not None:
+        load_training_state(state, ckpt, str(ckpt_path))
+        check_length(ckpt_path, state.step, total_steps)
     if info.is_main:
-        if state.step == 0 and (out_dir / "grids").exists(): shutil.rmtree(out_dir / "grids")  # a fresh run
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(log_path, "w") as f: f.writelines(json.dumps(r) + "\n" for r in history)
+        if state.step == 0 and (state_dir / "grids").exists(): shutil.rmtree(state_dir / "grids")  # a fresh run
+        state_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(ckpt["history"] if ckpt is not None else [], state_dir / "log.jsonl", live_dir, enabled=info.is_main)
     data = TrainingImages(dataset, res, cache=cache)
     batches = data.batches(config["batch_size"], seed, state.step, info.rank, info.world_size, num_workers)
-    total_steps = math.ceil(config["total_kimg"] * 1000 / config["batch_size"])
     snap_steps = max(1, round(snapshot_kimg * 1000 / config["batch_size"]))
     last_step = total_steps if max_steps is None else min(total_steps, state.step + max_steps)
 
     def save_grid():
-        save_image(out_dir / "grids" / f"nimg{state.cur_nimg:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
+        save_image(state_dir / "grids" / f"nimg{state.cur_nimg:010d}.png", snapshot_grid(state.G_ema, conditioning, device=device))
 
-    def snapshot():
+    def snapshot(rec: dict):
         ranks = _gather_rank_state(state)  # every rank takes part; rank 0 writes
-        if not info.is_main: return {}
-        save_checkpoint(ckpt_path, _state_dict(state, config, seed, ranks), kind="stylegan2_training")
-        save_checkpoint(out_dir / "generator.pt", generator_checkpoint(state.G_ema, conditioning), kind="generator")
+        if not info.is_main: return
+        if on_snapshot is not None: rec.update(on_snapshot(state.G_ema, state.step))
+        log.log(rec)
+        save_checkpoint(ckpt_path, {**_state_dict(state, config, seed, ranks), "identity": identity, "history": log.history},
+                        kind="stylegan2_training")
+        save_checkpoint(state_dir / "generator.pt", generator_checkpoint(state.G_ema, conditioning), kind="generator")
         save_grid()
-        return on_snapshot(state.G_ema, state.step) if on_snapshot is not None else {}
 
     if state.step == 0 and info.is_main:
         save_grid()
-        if on_snapshot is not None: _log(history, log_path, {"step": 0, "kimg": 0.0, **on_snapshot(state.G_ema, 0)})
+        if on_snapshot is not None: log.log({"step": 0, "kimg": 0.0, **on_snapshot(state.G_ema, 0)})
     acc, train_s, done_imgs = {}, 0.0, 0
-    bar = tqdm(total=last_step - state.step, mininterval=30, disable=not (progress and info.is_main), desc="train")
+    bar = progress_bar(total_steps, state.step, "train", progress and info.is_main)
     while state.step < last_step:
         t0 = time.perf_counter()
         real_u8, idx = next(batches)
@@ -410,31 +401,27 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
         if state.step % log_every == 0 or snap:
             rec = {"step": state.step, "kimg": state.cur_nimg / 1000, **{k: float(np.mean(v)) for k, v in acc.items()},
                    "img_per_s": done_imgs / train_s}
-            if snap: rec.update(snapshot())
-            if info.is_main: _log(history, log_path, rec)
+            if snap: snapshot(rec)
+            elif info.is_main: log.log(rec)
             acc = {}
     bar.close()
+    log.close()
+    done = state.step >= total_steps
+    if done and info.is_main and state_dir != out_dir:   # the outputs: copies of the finished run's files
+        for name in _OUTPUT_FILES:
+            if (state_dir / name).exists(): copy_atomic(state_dir / name, out_dir / name)
+        if (out_dir / "grids").exists(): shutil.rmtree(out_dir / "grids")
+        shutil.copytree(state_dir / "grids", out_dir / "grids")
     barrier()  # rank 0's last checkpoint is on disk before any rank returns (and, say, resumes from it)
-    return {"step": state.step, "kimg": state.cur_nimg / 1000, "done": state.step >= total_steps, "history": history,
-            "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None}
-
-def _log(history: list, path: Path, rec: dict) -> None:
-    history.append(rec)
-    with open(path, "a") as f: f.write(json.dumps(rec) + "\n")  # appended; truncated to the resume step on resume
+    return {"step": state.step, "kimg": state.cur_nimg / 1000, "done": done, "history": log.history,
+            "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None,
+            "environment": run_environment(device, info.world_size, config["batch_size"], "none")}
 
 # %% ../nbs/23_stylegan2_training.ipynb #4b59ee3a
 def write_dvclive(history: list[dict], live_dir: str | Path) -> Path:
     "Log every record of a training history to a fresh dvclive folder (dvcyaml=False); return the folder"
-    from dvclive import Live
-    live_dir = Path(live_dir)
-    if live_dir.exists(): shutil.rmtree(live_dir)
-    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-        for rec in history:
-            live.step = int(rec["step"])
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)): live.log_metric(k, v, plot=True)
-            live.next_step()
-    return live_dir
+    RunLog(history, live_dir=live_dir).close()
+    return Path(live_dir)
 
 def summarize_history(history: list[dict], metrics: Sequence[str] = ("identity_acc", "kid", "pixel_kid")) -> dict:
     "First and last value of each snapshot metric, final kimg, ADA p and throughput"

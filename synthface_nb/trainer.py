@@ -24,11 +24,12 @@ from .backbones import build_backbone
 from .heads import check_labels
 from .fr_models import FRModel, load_fr_model, save_fr_model
 from .objectives import ObjectiveContext, augmentations, build_objective, objectives
+from .runloop import (RunLog, check_length, check_resume, copy_atomic, load_resume, progress_bar, run_environment,
+                                  run_identity, set_numerics)
 
 # %% auto #0
-__all__ = ['RESUME_MAY_CHANGE', 'TrainConfig', 'lr_factor', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'rng_state',
-           'set_rng_state', 'Callback', 'resolve_amp', 'TrainModule', 'TrainResult', 'scaled_lr', 'run_identity',
-           'check_resume', 'train_fr']
+__all__ = ['TrainConfig', 'lr_factor', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'rng_state', 'set_rng_state', 'Callback',
+           'resolve_amp', 'TrainModule', 'TrainResult', 'scaled_lr', 'train_fr']
 
 # %% ../nbs/31_trainer.ipynb #00d109b5
 @dataclass
@@ -195,6 +196,7 @@ class TrainResult:
     images_per_second: float
     data_wait_share: float
     evals: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)   # runloop.run_environment: device, processes, batch, AMP, versions
     @property
     def finished(self) -> bool: return self.step >= self.total_steps
     @property
@@ -227,57 +229,38 @@ def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
     "The run's peak learning rate: `lr` per `lr_batch` images, scaled linearly to the total batch"
     return cfg.lr * cfg.batch_size * world_size / cfg.lr_batch
 
-# %% ../nbs/31_trainer.ipynb #395a9f5d
-RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every")
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v: out.update(_flat(v, f"{prefix}{k}."))
-        else: out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-def run_identity(config: dict, world_size: int, n_images: int | None, num_classes: int | None) -> dict:
-    "What a resume must keep, as flat `a.b` keys: the config less `RESUME_MAY_CHANGE`, the world size, the data set's size"
-    data = {k: v for k, v in (("n_images", n_images), ("num_classes", num_classes)) if v is not None}  # None: not recorded
-    flat = _flat({**config, "world_size": world_size, **data})
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in RESUME_MAY_CHANGE}
-
-def check_resume(path: str | Path, saved: dict, now: dict) -> None:
-    "Raise one error naming `path` and every entry of two run identities that differs (checkpoint vs now)"
-    show = lambda d, k: repr(d[k]) if k in d else "not recorded"
-    diff = [f"{k} ({show(saved, k)} in the checkpoint, {show(now, k)} now)" for k in {**now, **saved}
-            if k not in saved or k not in now or saved[k] != now[k]]
-    if diff: raise ValueError(f"{path}: cannot resume, the run differs from the checkpoint in {len(diff)} setting(s): "
-                              + "; ".join(diff))
-
 # %% ../nbs/31_trainer.ipynb #dc1a9f80
 def train_fr(config: TrainConfig, dataset: FaceDataset, out_dir: str | Path | None = None,
              teacher: FRModel | str | Path | None = None, device: str | torch.device = "auto",
-             callbacks: Sequence[Callable] = (), resume: str | Path | bool | None = None, max_steps: int | None = None,
-             live_dir: str | Path | None = None, progress: bool = True, meta: dict | None = None) -> TrainResult:
-    "Train a backbone on `dataset` with `config`; checkpoint, resume, log, and write the FR model to `out_dir`"
+             callbacks: Sequence[Callable] = (), resume: str | Path | bool = True, max_steps: int | None = None,
+             live_dir: str | Path | None = None, progress: bool = True, meta: dict | None = None,
+             state_dir: str | Path | None = None) -> TrainResult:
+    "Train a backbone on `dataset` with `config`; checkpoint in `state_dir` (default `out_dir`), resume, log, write the FR model to `out_dir`"
     before = torch.get_num_threads()
     if config.num_threads: torch.set_num_threads(config.num_threads)
-    try: return _train_fr(config, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress, meta or {})
+    try: return _train_fr(config, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress,
+                          meta or {}, state_dir)
     finally: torch.set_num_threads(before)
 
-def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress, meta) -> TrainResult:
+def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress, meta, state_dir) -> TrainResult:
     obj_cls = objectives.get(cfg.objective)
     info, device = init_distributed(device)
     spe = _check_data(dataset, cfg, obj_cls.needs_labels, info.world_size)
     total = cfg.epochs * spe
     stop = total if max_steps is None else min(total, int(max_steps))
     amp = resolve_amp(cfg.amp, device)
+    set_numerics(device)
     out_dir = Path(out_dir) if out_dir is not None else None
-    if resume is True:
-        if out_dir is None: raise ValueError("resume=True needs out_dir (the checkpoint is out_dir/checkpoint.pt)")
-        resume = out_dir/"checkpoint.pt"
+    state_dir = Path(state_dir) if state_dir is not None else out_dir
     config = asdict(cfg)
-    ckpt = load_checkpoint(resume, kind="fr_train") if resume else None
-    if ckpt is not None:
-        check_resume(resume, run_identity(ckpt["config"], ckpt["world_size"], ckpt.get("n_images"), ckpt.get("num_classes")),
-                     run_identity(config, info.world_size, len(dataset), dataset.num_classes))
+    identity = run_identity(config, info.world_size, {"n_images": len(dataset), "num_classes": dataset.num_classes})
+    if isinstance(resume, Path) or (isinstance(resume, str) and resume != "auto"):   # an explicit checkpoint: it must exist and match
+        ckpt_path, ckpt = Path(resume), load_checkpoint(resume, kind="fr_train")
+        check_resume(resume, ckpt.get("identity", {}), identity)
+    else:
+        ckpt_path = state_dir/"checkpoint.pt" if state_dir is not None else None
+        ckpt = load_resume(ckpt_path, "fr_train", identity, resume, quiet=not info.is_main) if ckpt_path and resume else None
+    if ckpt is not None: check_length(ckpt_path, int(ckpt["step"]), total)
 
     if not obj_cls.needs_teacher: teacher = None  # a teacher given to e.g. CLS is not even loaded
     elif teacher is None: raise ValueError(f"objective '{cfg.objective}' needs a teacher FR model (teacher=)")
@@ -295,8 +278,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, history = 0, []
     if ckpt is not None:
-        load_state_strict(backbone, ckpt["model"], source=f"{resume} (model)")
-        load_state_strict(objective, ckpt["objective"], source=f"{resume} (objective)")
+        load_state_strict(backbone, ckpt["model"], source=f"{ckpt_path} (model)")
+        load_state_strict(objective, ckpt["objective"], source=f"{ckpt_path} (objective)")
         opt.load_state_dict(ckpt["optimizer"]); sched.load_state_dict(ckpt["scheduler"]); scaler.load_state_dict(ckpt["scaler"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
         set_rng_state(ckpt["rng"][info.rank])
@@ -308,27 +291,21 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         views, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, step, stop, info.rank, info.world_size),
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
         generator=torch_generator(cfg.seed, info.rank, step), persistent_workers=False)
-
-    live = None
-    if live_dir is not None and info.is_main:
-        from dvclive import Live
-        live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False)
-        for rec in history: _log_live(live, rec)
+    log = RunLog(history, state_dir/"log.jsonl" if state_dir is not None else None, live_dir, enabled=info.is_main)
 
     def save(path_step: int):
         rngs = _gather_rng()
-        if info.is_main and out_dir is not None:
-            save_checkpoint(out_dir/"checkpoint.pt", {
+        if info.is_main and state_dir is not None:
+            save_checkpoint(state_dir/"checkpoint.pt", {
                 "backbone": dict(backbone.spec), "model": backbone.state_dict(), "objective": objective.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": config,
+                "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": config, "identity": identity,
                 "world_size": info.world_size, "n_images": len(dataset), "num_classes": dataset.num_classes,
-                "history": history}, kind="fr_train")
+                "history": log.history}, kind="fr_train")
         barrier()
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=stop, initial=step, desc=f"train {cfg.objective}", mininterval=10, disable=not (progress and info.is_main))
-    evals: dict = {}
+    bar = progress_bar(stop, step, f"train {cfg.objective}", progress and info.is_main)
+    evals = {k.removeprefix("eval/"): v for h in log.history for k, v in h.items() if k.startswith("eval/")}
     autocast = torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "none")
     start_step, t_start, t_data = step, time.perf_counter(), 0.0
     model.train()
@@ -354,8 +331,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
                    **{k: all_reduce_mean(v.float()).item() for k, v in logs.items()}}
             if gnorm is not None: rec["grad_norm"] = float(gnorm)
             if not math.isfinite(rec["loss"]): raise FloatingPointError(f"step {step}: the loss is {rec['loss']}")
-            history.append(rec)
-            if live is not None: _log_live(live, rec)
+            log.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
         for cb in callbacks:
             every = getattr(cb, "every", None) or cfg.eval_every
@@ -363,20 +339,16 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
                 if getattr(cb, "main_only", True) and not info.is_main: continue
                 with evaluating(backbone): out = cb(backbone, step)
                 if out:
-                    rec = {"step": step, **{f"eval/{k}": float(v) for k, v in out.items()}}
-                    history.append(rec); evals = {k: float(v) for k, v in out.items()}
-                    if live is not None: _log_live(live, rec)
+                    log.log({"step": step, **{f"eval/{k}": float(v) for k, v in out.items()}})
+                    evals = {k: float(v) for k, v in out.items()}
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop: save(step)
     bar.close()
     seconds = time.perf_counter() - t_start
     if step >= total and info.is_main and out_dir is not None:
         save_fr_model(out_dir/"model.pt", backbone, config=config, step=step, num_classes=dataset.num_classes, **meta)
-    if live is not None: live.end()
+        if state_dir != out_dir: copy_atomic(state_dir/"checkpoint.pt", out_dir/"checkpoint.pt")
+    log.close()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
-    return TrainResult(history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9), evals)
-
-def _log_live(live, rec: dict) -> None:
-    live.step = int(rec["step"])
-    for k, v in rec.items():
-        if k not in ("step", "epoch"): live.log_metric(k if "/" in k else f"train/{k}", v)
-    live.next_step()
+    env = run_environment(device, info.world_size, cfg.batch_size * info.world_size, amp)
+    return TrainResult(log.history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9),
+                       evals, env)

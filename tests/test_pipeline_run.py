@@ -2,22 +2,11 @@
 `dvc pull` works offline from the in-repo remote, and a second `dvc repro` changes nothing."""
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _tracked_files():
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return [p for p in out.split("\0") if p]
+from conftest import BIN, make_scratch_repo, run_command as _run
 
 
 def _digest(folder: Path) -> dict:
@@ -25,25 +14,9 @@ def _digest(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _run(args, cwd, env):
-    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, f"{' '.join(map(str, args))} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout + res.stderr
-
-
 @pytest.fixture(scope="module")
 def scratch_repo(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("repo")
-    for rel in _tracked_files():
-        src = ROOT / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    _run(["git", "init", "-q"], dst, env)
-    _run(["git", "add", "-A"], dst, env)   # dvclive (FR and GAN logs) needs a repository with a commit
-    _run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "scratch"], dst, env)
-    return dst, env
+    return make_scratch_repo(tmp_path_factory.mktemp("repo"))
 
 
 def test_dvc_pull_then_repro_prepare_then_noop(scratch_repo):
@@ -95,7 +68,7 @@ class ToyColours(GeneratorRecipe):
     train_family, generate_family = "toy_colours_train", "toy_colours_generate"
     def train_defaults(self): return {"max_identities": 100}
     def generate_defaults(self): return {"per_identity": 4, "noise": 20.0}
-    def train(self, data, out_dir, settings, seed, progress=True):
+    def train(self, data, out_dir, settings, seed, progress=True, state_dir=None, preset="cpu"):
         ds = open_face_dataset(data)
         means = {}
         for i in range(len(ds)):
