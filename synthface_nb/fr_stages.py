@@ -49,12 +49,12 @@ def train_fr_run(name: str, run: dict, out_dir: str | Path, preset: str = "cpu",
     import_plugins(plugins)
     out_dir = Path(out_dir)
     cfg, device, nproc = fr_settings(run, preset, seed)
+    check_accelerator(preset, device)   # before launching processes that would each stop
     if nproc > 1 and not in_launched_process():   # the same call in `nproc` torchrun processes
         kwargs = dict(name=name, run=run, out_dir=str(out_dir), preset=preset, seed=seed, benchmarks=benchmarks and str(benchmarks),
                       plugins=plugins, resume=resume, max_per_class=max_per_class, max_pairs=max_pairs, progress=progress,
                       state_dir=state_dir and str(state_dir))
         return launch("synthface_nb.fr_stages:train_fr_run", kwargs, nproc, Path(state_dir or out_dir)/"launch", device)
-    check_accelerator(preset, device)
     teacher = run.get("teacher") or None
     uses_teacher = objectives.get(cfg.objective).needs_teacher
     if uses_teacher and not teacher:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import Registry, write_json_atomic
 from .pipeline import check_entry, import_plugins, resolve_preset
 from .distributed import dist_info
-from .runloop import in_launched_process, launch
+from .runloop import check_accelerator, in_launched_process, launch
 
 # %% auto #0
 __all__ = ['generator_recipes', 'GENERATOR_KEYS', 'GENERATED_KEYS', 'GeneratorRecipe', 'get_recipe', 'recipe_settings',
@@ -70,6 +70,7 @@ def train_generator_run(name: str, generator: dict, out_dir: str | Path, preset:
     recipe, out_dir = get_recipe(generator["family"]), Path(out_dir)
     settings = recipe_settings(recipe, "train", preset, generator.get("overrides"))
     nproc = int(settings.get("nproc", 1))
+    check_accelerator(preset, settings.get("device", "auto"), quiet=True)   # before launching processes that would each stop
     if nproc > 1 and not in_launched_process():   # the same call in `nproc` torchrun processes
         kwargs = dict(name=name, generator=generator, out_dir=str(out_dir), preset=preset, seed=seed, plugins=plugins,
                       progress=progress, state_dir=state_dir and str(state_dir))

@@ -6,14 +6,14 @@ Docs: _docs/pipeline.html (`make docs` builds it)"""
 
 # %% ../nbs/08_pipeline.ipynb #ba8480a5
 from __future__ import annotations
-import argparse, ast, copy, io, json, shlex, sys
+import argparse, ast, copy, io, json, os, platform, shlex, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
 
-from .core import write_text_atomic
+from .core import write_json_atomic, write_text_atomic
 
 # %% auto #0
 __all__ = ['STAGES', 'PROCEDURAL_DATA', 'PROCEDURAL_DATA_OPTIONS', 'load_params', 'find_presets_dir', 'known_presets',
@@ -137,6 +137,7 @@ class Stage:
     paths: tuple[tuple[str, str], ...] = ()  # notebook parameter -> path of an output or input ({name}: the entry's key)
     families: str | None = None              # params.yaml values naming the built-in modules the stage runs
     state: bool = False                      # gets `state_dir`: a folder for checkpoints outside DVC's outputs
+    times: str = "artifacts/stage_times/{tag}.json"   # where the runner records the stage's wall time
 
 _RUN_READS = ("seed", "preset", "plugins", "evaluate.benchmarks")
 STAGES = {
@@ -154,7 +155,8 @@ STAGES = {
     "evaluate": Stage("evaluate", reads=("evaluate",), paths=(("out_dir", "artifacts/evaluate"),)),
     "audit": Stage("audit", reads=("seed", "audit"), paths=(("out_dir", "artifacts/audit"),)),
     "report": Stage("report", paths=(("evaluate_dir", "artifacts/evaluate"), ("audit_dir", "artifacts/audit"),
-                                     ("out_dir", "artifacts/report"))),
+                                     ("times_dir", "artifacts/stage_times"), ("out_dir", "artifacts/report")),
+                    times="artifacts/report/stage_time.json"),   # not among the times it reads
 }
 
 # %% ../nbs/08_pipeline.ipynb #82520822
@@ -207,8 +209,13 @@ def run_stage(stage: str, name: str | None = None, params_path: str | Path = "pa
         files = [nb] + [package.parent/f for f in stage_module_deps(stage, load_params(params_path), notebooks_dir, package)]
         prepare_state_dir(params["state_dir"], code_digest(files))
     cmd = [sys.executable, "-m", "papermill", "--no-progress-bar", "-k", "python3", str(nb), str(executed), "-f", str(params_file)]
+    t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res = subprocess.run(cmd)
     if res.returncode: raise SystemExit(f"stage {stage}{f' ({name})' if name else ''}: {nb} failed; see {executed}")
+    write_json_atomic(STAGES[stage].times.format(tag=tag), {
+        "stage": stage, "entry": name, "seconds": round(time.perf_counter() - t0, 2), "started": started,
+        "cells_seconds": json.loads(executed.read_text()).get("metadata", {}).get("papermill", {}).get("duration"),
+        "host": platform.node(), "cpus": os.cpu_count()})
     return executed
 
 # %% ../nbs/08_pipeline.ipynb #431a587c

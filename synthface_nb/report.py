@@ -16,7 +16,8 @@ from .core import write_text_atomic
 from .plots import save_figure
 
 # %% auto #0
-__all__ = ['results_rows', 'results_markdown', 'results_figure', 'audit_markdown', 'write_report']
+__all__ = ['results_rows', 'results_markdown', 'results_figure', 'stage_times', 'stage_times_markdown', 'audit_markdown',
+           'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -71,6 +72,27 @@ def results_figure(benches: list[str], rows: list[dict], title: str = "Verificat
         if i == 0: cell.set_facecolor("#e8e8e8")
     return fig
 
+# %% ../nbs/45_report.ipynb #d9741243
+def stage_times(times_dir: str | Path) -> list[dict]:
+    "The recorded stage times in `times_dir` (`<stage>_<entry>.json`), longest first"
+    if not Path(times_dir).is_dir(): raise FileNotFoundError(f"{times_dir}: no stage-time records (the stage runner writes them)")
+    recs = []
+    for p in sorted(Path(times_dir).glob("*.json")):
+        try: r = json.loads(p.read_text())
+        except json.JSONDecodeError: raise ValueError(f"{p}: not a JSON stage-time record") from None
+        if "seconds" not in r: raise ValueError(f"{p}: no 'seconds' in the stage-time record")
+        recs.append({"stage": p.stem, "seconds": float(r["seconds"])})
+    return sorted(recs, key=lambda r: -r["seconds"])
+
+def stage_times_markdown(times: list[dict], budget_minutes: float = 20.0) -> str:
+    "A markdown table of stage wall times with their shares and the total against `budget_minutes`"
+    total = sum(r["seconds"] for r in times)
+    lines = [f"**Stage times** — wall time of each stage of the last run (papermill, kernel start, every cell): "
+             f"{total / 60:.1f} min in all, budget {budget_minutes:g} min.", "", "| stage | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['seconds']:.0f} | {100 * r['seconds'] / max(total, 1e-9):.0f} % |" for r in times]
+    lines.append(f"| **total** | **{total:.0f}** | 100 % |")
+    return "\n".join(lines) + "\n"
+
 # %% ../nbs/45_report.ipynb #e796072e
 def audit_markdown(audit: dict) -> str:
     "A markdown table of the headline audit numbers per generated set"
@@ -87,8 +109,9 @@ def audit_markdown(audit: dict) -> str:
     return "\n".join(lines) + "\n"
 
 def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str | Path = "artifacts/report",
-                 audit_dir: str | Path | None = None, title: str = "Verification accuracy (%)") -> str:
-    "Write results.md and results.png from the evaluate (and audit) outputs; return the markdown"
+                 audit_dir: str | Path | None = None, title: str = "Verification accuracy (%)",
+                 times_dir: str | Path | None = None) -> str:
+    "Write results.md and results.png from the evaluate (and audit, stage-time) outputs; return the markdown"
     path = Path(evaluate_dir)/"evaluation.json"
     if not path.is_file(): raise FileNotFoundError(f"{path}: no evaluation results (run the evaluate stage first)")
     benches, rows = results_rows(json.loads(path.read_text()))
@@ -97,6 +120,7 @@ def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str |
         apath = Path(audit_dir)/"audit.json"
         if not apath.is_file(): raise FileNotFoundError(f"{apath}: no audit results (run the audit stage first)")
         md += "\n" + audit_markdown(json.loads(apath.read_text()))
+    if times_dir is not None: md += "\n" + stage_times_markdown(stage_times(times_dir))
     out_dir = Path(out_dir)
     write_text_atomic(out_dir/"results.md", md)
     save_figure(results_figure(benches, rows, title), out_dir/"results.png")

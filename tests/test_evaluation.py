@@ -239,7 +239,9 @@ def test_stage_notebooks_evaluate_audit_report(tmp_path):
     run_stage("audit", tmp_path, out_dir="out/audit", seed=0, audit={"generated": "gen/images", "authentic": "auth",
               "model": "models/teacher/model.pt", "fmr": 0.05, "relation": "auto", "thresholds": "authentic", "top_k": 8,
               "fid": False, "batch_size": 0, "device": "cpu"})
-    run_stage("report", tmp_path, evaluate_dir="out/evaluate", audit_dir="out/audit", out_dir="out/report")
+    (tmp_path / "times").mkdir()
+    (tmp_path / "times" / "evaluate.json").write_text(json.dumps({"stage": "evaluate", "seconds": 12.5}))
+    run_stage("report", tmp_path, evaluate_dir="out/evaluate", audit_dir="out/audit", out_dir="out/report", times_dir="times")
     metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
     assert sorted(metrics) == ["cls", "teacher"] and list(metrics["cls"]) == ["procedural"]
     direct = verify(load_fr_model(tmp_path / "models" / "cls" / "model.pt"),
@@ -250,5 +252,5 @@ def test_stage_notebooks_evaluate_audit_report(tmp_path):
     leak = json.loads((tmp_path / "out" / "audit" / "sets" / "gen" / "leakage.json").read_text())
     assert leak["top_pairs"][0]["synthetic"] == "000000" and leak["top_pairs"][0]["authentic"] == "0000"
     md = (tmp_path / "out" / "report" / "results.md").read_text()
-    assert "| cls | SFace-CLS | cpu |" in md and "| gen |" in md
+    assert "| cls | SFace-CLS | cpu |" in md and "| gen |" in md and "| evaluate | 12 | 100 % |" in md
     assert (tmp_path / "out" / "report" / "results.png").stat().st_size > 0

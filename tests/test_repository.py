@@ -86,9 +86,13 @@ def test_dvc_stage_declares_what_the_runner_reads_and_writes(name, runner, keys,
     tag = spec.notebook + ("_${key}" if spec.entries else "")
     for key in keys:
         paths = [v for k, v in stage_parameters(runner, key, PARAMS).items() if k in dict(spec.paths)]
+        runner_files = [f"runs/{tag}.ipynb", f"runs/{tag}.yaml", spec.times.format(tag=tag)]
+        runner_files = [f.replace("${key}", str(key)) for f in runner_files]
+        assert runner_files[2] in [o.replace("${key}", str(key)) for o in outs], \
+            f"dvc.yaml stage {name}: the stage-time record {runner_files[2]} is not declared"
         for out in outs:
             o = out.replace("${key}", str(key))
-            assert o in (f"runs/{tag}.ipynb".replace("${key}", str(key)), f"runs/{tag}.yaml".replace("${key}", str(key))) \
+            assert o in runner_files \
                 or any(o == p or o.startswith(p.rstrip("/") + "/") or o.startswith(p + "_") for p in paths), \
                 f"dvc.yaml stage {name}: output {o} is not under the runner's paths {paths}"
 
