@@ -18,6 +18,7 @@ from PIL import Image
 from .core import atomic_dir, resolve_device, write_json_atomic, write_text_atomic
 from .data import BadImageError, FaceDataset, ImageFolderDataset, decode_image, encode_image, image_grid
 from .pipeline import check_entry, resolve_preset
+from .runloop import progress_bar
 
 # %% auto #0
 __all__ = ['ARCFACE_TEMPLATE_112', 'LEGACY_TEMPLATE_96x112', 'TEMPLATES', 'NO_FACE', 'SEVERAL_FACES', 'LOW_PROBABILITY',
@@ -228,7 +229,6 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
                   report_path: str | Path | None = None, max_failure_rate: float = 0.5,
                   source_template: str = "arcface_112", device: str | torch.device = "cpu", progress: bool = True) -> dict:
     "Align every image of `source` into `out_dir/<identity>/<image>`; failures are skipped and listed in the report"
-    from tqdm.auto import tqdm
     device = resolve_device(device)   # once, for the detector and the warp alike
     if detector not in DETECTORS: raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got '{detector}'")
     if policy not in POLICIES: raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got '{policy}'")
@@ -246,8 +246,8 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
     failures = [{"image": Path(p).relative_to(root).as_posix() if root else str(p), "reason": UNREADABLE, "detail": r} for p, r in skipped]
     sources, probs, aligned = {"given": 0, "detected": 0, "template": 0}, [], {}
     per_class, sizes = np.zeros(ds.num_classes, np.int64), set()
-    with atomic_dir(out_dir) as tmp:
-        for start in tqdm(range(0, len(ds), batch_size), desc="align", mininterval=10, disable=not progress):
+    with atomic_dir(out_dir) as tmp, progress_bar(len(ds), desc="align", enabled=progress) as bar:
+        for start in range(0, len(ds), batch_size):
             imgs, marks, how, failed, p = _chunk_landmarks(ds, names, range(start, min(start + batch_size, len(ds))),
                                                            detector, given, net, policy, min_prob, source_template)
             failures += failed; probs += p; sizes |= {im.shape[:2] for im in imgs.values()}
@@ -267,6 +267,7 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
                     (tmp/name).write_bytes(encode_image(crop, image_format))
                     aligned[name] = transform_points(m, marks[i])
                     sources[how[i]] += 1; per_class[ds.labels[i]] += 1
+            bar.update(min(batch_size, len(ds) - start))
         write_landmarks(tmp/"landmarks.json", aligned)
         report = _align_report(ds, source, out_dir, detector, template, size, policy, min_prob, lm_file, given,
                                failures, sources, probs, per_class, sizes, source_template)

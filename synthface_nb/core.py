@@ -6,7 +6,7 @@ Docs: _docs/core.html (`make docs` builds it)"""
 
 # %% ../nbs/00_core.ipynb #5fe58399
 from __future__ import annotations
-import contextlib, hashlib, json, os, random, shutil, tempfile
+import contextlib, errno, hashlib, json, os, random, shutil, tempfile, zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -14,9 +14,33 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir', 'save_checkpoint',
-           'load_checkpoint', 'load_state_strict', 'count_parameters', 'Registry', 'derive_seed', 'sample_rng',
-           'torch_generator', 'seed_everything', 'seed_worker', 'evaluating', 'resolve_device', 'file_digest']
+__all__ = ['CHECKPOINT_FORMAT', 'current_umask', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir',
+           'save_checkpoint', 'load_checkpoint', 'load_state_strict', 'count_parameters', 'Registry', 'derive_seed',
+           'sample_rng', 'torch_generator', 'seed_everything', 'seed_worker', 'evaluating', 'resolve_device',
+           'file_digest']
+
+# %% ../nbs/00_core.ipynb #b3ecbee7
+def current_umask() -> int:
+    "The process umask, read from /proc where possible (setting it to read it back races with other threads)"
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    mask = os.umask(0o077)   # no /proc (macOS, Windows): set and restore; a file made in between is only stricter
+    os.umask(mask)
+    return mask
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+def _disk_full(e: BaseException | None) -> bool:
+    "Whether `e`, or an error it arose from, is a full disk or quota"
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _NO_SPACE: return True
+        e = e.__cause__ or e.__context__
+    return False
+
+def _disk_full_error(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, f"{path}: no space left on the device while writing it "
+                                 "(nothing was replaced: the previous version, if any, is intact)")
 
 # %% ../nbs/00_core.ipynb #cf864198
 @contextlib.contextmanager
@@ -27,12 +51,14 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
+            os.chmod(tmp, 0o666 & ~current_umask())   # mkstemp's 0600 would survive the rename
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if _disk_full(e): raise _disk_full_error(path) from None
         raise
 
 # %% ../nbs/00_core.ipynb #873608d5
@@ -58,6 +84,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())   # mkdtemp's 0700 would survive the rename
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -66,8 +93,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e): raise _disk_full_error(path) from None
         raise
 
 # %% ../nbs/00_core.ipynb #e5272c0a
@@ -80,13 +108,26 @@ def save_checkpoint(path: str | Path, state: dict, kind: str) -> Path:
     with atomic_write(path, "wb") as f: torch.save(payload, f)
     return Path(path)
 
+def _load_problem(path: Path, e: Exception) -> str:
+    "What is wrong with `path`, which `torch.load` failed on, in words a user can act on"
+    size = path.stat().st_size
+    if size == 0: return "the checkpoint file is empty (a copy or a write that never finished?)"
+    with open(path, "rb") as f: zipped = f.read(4) == b"PK\x03\x04"
+    if zipped:   # torch's format: a zip archive, whose directory sits at the very end
+        try: zipfile.ZipFile(path).close()
+        except zipfile.BadZipFile:
+            return f"truncated or corrupt checkpoint ({size} bytes; its zip directory is missing or damaged)"
+    if isinstance(e, EOFError): return f"truncated checkpoint (the data ends early, at {size} bytes)"
+    # keep torch's diagnosis, not its advice to retry with weights_only=False
+    msg = str(e).split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0]
+    return f"cannot be read as a weights-only checkpoint ({type(e).__name__}: {msg.split(' This is an internal miniz error')[0]})"
+
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu") -> dict:
     "Load a checkpoint written by `save_checkpoint` with `weights_only=True`; check its `kind`"
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such checkpoint")
     try: state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e: raise ValueError(f"{path}: {_load_problem(path, e)}") from None
     if not isinstance(state, dict) or "kind" not in state:
         raise ValueError(f"{path}: not a synthface_nb checkpoint (expected a dict with a 'kind' entry)")
     if kind is not None and state["kind"] != kind:

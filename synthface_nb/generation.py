@@ -17,6 +17,7 @@ from .core import atomic_dir, atomic_write, file_digest, write_json_atomic
 from .data import encode_image, resize_to, to_uint8_images
 from .distributed import all_gather_cat, barrier, dist_info, init_distributed, shard_range, shutdown_distributed
 from .generators import FaceGenerator, load_generator, seed_policies
+from .runloop import progress_bar
 
 # %% auto #0
 __all__ = ['identity_groups', 'write_generated_dataset', 'finalize_manifest', 'read_manifest', 'generate_from_checkpoint', 'main']
@@ -97,7 +98,6 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
                             output_size: int | None = None, on_change: str = "error", progress: bool = True,
                             **generate_kwargs) -> dict:
     "Generate `images_per_identity` images of each identity into out_dir/<identity:06d>/<index:06d>.png, resumably"
-    from tqdm.auto import tqdm
     t0, out_dir = time.perf_counter(), Path(out_dir)
     if identities is None:
         if generator.num_identities is None: raise ValueError("identities must be given for a generator with an open identity set")
@@ -123,7 +123,7 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
             if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
     report = {"rank": rank, "world_size": world_size, "identities": len(mine), "generated_identities": 0,
               "skipped_identities": 0, "images_written": 0}
-    bar = tqdm(total=len(mine), mininterval=30, disable=not progress, desc=f"generate[{rank}]")
+    bar = progress_bar(len(mine), desc=f"generate[{rank}]", enabled=progress)
     for group in identity_groups(mine, images_per_identity, batch_size):
         pending = [k for k in group if not _class_dir(out_dir, k).is_dir()]
         report["skipped_identities"] += len(group) - len(pending)

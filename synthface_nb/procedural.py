@@ -16,6 +16,7 @@ import torch
 from .align import ARCFACE_TEMPLATE_112, transform_points, warp_affine, write_landmarks
 from .core import atomic_dir, sample_rng, write_json_atomic
 from .data import FaceDataset, encode_image
+from .runloop import progress_bar
 
 # %% auto #0
 __all__ = ['SIZE', 'PAD', 'CANVAS', 'FACE_CENTER', 'DEFAULT_DIFFICULTY', 'SKIN_RAMP', 'HAIR_PALETTE', 'HAIR_P', 'IRIS_PALETTE',
@@ -321,7 +322,6 @@ def write_procedural_dataset(root: str | Path, n_identities: int, images_per_ide
                              difficulty: float = DEFAULT_DIFFICULTY, first_identity: int = 0, image_format: str = "jpg",
                              with_nir: bool = False, quality: int = 85, batch_size: int = 64, progress: bool = True) -> dict:
     "Render an image folder `<root>/<identity>/<index>.<fmt>` with `landmarks.json`, atomically; returns a summary"
-    from tqdm.auto import tqdm
     if n_identities < 1 or images_per_identity < 1:
         raise ValueError(f"{root}: need at least one identity and one image per identity, got {n_identities} x {images_per_identity}")
     if image_format not in ("jpg", "png"): raise ValueError(f"image_format must be 'jpg' or 'png', got '{image_format}'")
@@ -336,8 +336,9 @@ def write_procedural_dataset(root: str | Path, n_identities: int, images_per_ide
                "images_per_identity": int(images_per_identity), "n_images": len(names), "image_format": image_format,
                "quality": int(quality) if image_format == "jpg" else None, "template": "arcface_112",
                "note": "procedural drawings, not a face dataset"}
-    with atomic_dir(root) as d, (atomic_dir(nir_root) if with_nir else contextlib.nullcontext()) as dn:
-        for s in tqdm(range(0, len(names), batch_size), desc="render", mininterval=10, disable=not progress):
+    with atomic_dir(root) as d, (atomic_dir(nir_root) if with_nir else contextlib.nullcontext()) as dn, \
+         progress_bar(len(names), desc="render", enabled=progress) as bar:
+        for s in range(0, len(names), batch_size):
             r = render_faces(seed, ids[s:s + batch_size], idx[s:s + batch_size], difficulty, batch_size)
             for k, name in enumerate(names[s:s + batch_size]):
                 (d/name).parent.mkdir(exist_ok=True)
@@ -347,6 +348,7 @@ def write_procedural_dataset(root: str | Path, n_identities: int, images_per_ide
                 if with_nir:
                     (dn/name).parent.mkdir(exist_ok=True)
                     (dn/name).write_bytes(encode_image(r.nir[k], image_format, quality))
+            bar.update(len(names[s:s + batch_size]))
         write_landmarks(d/"landmarks.json", marks)
         if with_nir: write_landmarks(dn/"landmarks.json", marks)
         summary["image_bytes"] = nbytes

@@ -48,7 +48,7 @@ def embed_dataset(model, dataset: FaceDataset, batch_size: int | None = None, de
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or eval_batch_size(device), shuffle=False,
                                          num_workers=num_workers)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm   # text bar: tqdm.auto warns about missing ipywidgets in JupyterLab
         loader = tqdm(loader, desc="embedding", mininterval=10)
     out, labels = [], []
     embed = as_embedder(model)

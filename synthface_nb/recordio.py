@@ -282,9 +282,11 @@ class RecordIODataset(FaceDataset):
         except KeyError as e:
             raise RecordIOError(f"{self.rec_path}: record 0 has label {self.header0.label.tolist()}, so images are keys "
                                 f"1..{keys[-1]}, but {e.args[0]}") from None
-        for i in np.flatnonzero((raw != np.round(raw)) | (raw < 0)):
+        for i in np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 0) | (raw >= _F32_EXACT)):
             if i in bad: continue                                  # NaN: the header was unreadable
-            msg = f"{self._source(keys[i])}: label {raw[i]} is not a class index"
+            msg = f"{self._source(keys[i])}: label {raw[i]} " + (
+                "is not a class index" if not 0 <= raw[i] < np.inf or raw[i] != round(raw[i])
+                else "is at or above 2**24, where float32 labels are no longer exact (write_recordio refuses it)")
             if not skip_bad: raise RecordIOError(msg)
             bad[int(i)] = msg
         if verify:
@@ -347,6 +349,9 @@ def open_face_dataset(path: str | Path, verify: bool = False, skip_bad: bool = F
                       max_per_class: int | None = None) -> FaceDataset:
     "An `ImageFolderDataset`, or a `RecordIODataset` for a `.rec` file or a folder holding `train.rec`"
     p = Path(path)
+    if p.suffix.lower() == ".bin" and not p.is_dir():
+        raise ValueError(f"{p}: a .bin file is an insightface verification benchmark (image pairs with same/different "
+                         "flags), not a face dataset of identities; load it with synthface_nb.verification.load_benchmark")
     rec = p if p.suffix == ".rec" else p/"train.rec"
     if not rec.is_file():
         return ImageFolderDataset(p, verify=verify, skip_bad=skip_bad, max_per_class=max_per_class)

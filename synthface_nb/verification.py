@@ -158,7 +158,7 @@ def embed_flip_sum(model, images: torch.Tensor, batch_size: int | None = None, d
     embed, out, norm_sum = as_embedder(model), None, 0.0
     starts = range(0, len(images), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm   # text bar: tqdm.auto warns about missing ipywidgets in JupyterLab
         starts = tqdm(starts, desc="embedding", mininterval=10)
     with evaluating(model), torch.inference_mode():
         for a in starts:
