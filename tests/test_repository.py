@@ -100,3 +100,42 @@ def test_dvc_stage_declares_what_the_runner_reads_and_writes(name, runner, keys,
 def test_dvc_module_dependencies_are_the_import_closure():
     changed = sync_dvc_deps(ROOT / "dvc.yaml", ROOT / "params.yaml", ROOT / "nbs" / "stages", ROOT / "synthface_nb", check=True)
     assert not changed, f"dvc.yaml module deps differ from the import closure (run `python -m synthface_nb.pipeline deps`): {changed}"
+
+
+def test_readme_results_are_the_pipeline_artifacts():
+    """The README's results are the report stage's `results.md`, unchanged, and every number its text quotes
+    is read here from the artifacts the pipeline wrote (the git-tracked metrics of `dvc.lock`'s run)."""
+    import glob
+    import json
+    readme = (ROOT / "README.md").read_text()
+    assert (ROOT / "artifacts/report/results.md").read_text().strip() in readme, "README: paste artifacts/report/results.md"
+    load = lambda p: json.loads((ROOT / p).read_text())
+    ev, gan, audit = load("artifacts/evaluate/metrics.json"), load("artifacts/generators/sface/metrics.json"), \
+        load("artifacts/audit/audit.json")["sets"]["sface"]
+    acc = lambda m: 100 * ev[m]["procedural"]["accuracy"]
+    std = lambda m: 100 * ev[m]["procedural"]["accuracy_std"]
+    pct = lambda x: f"{100 * x:.1f} %"
+    times = [json.loads(open(p).read())["seconds"] for p in glob.glob(str(ROOT / "artifacts/stage_times/*.json"))]
+    gan_time = load("artifacts/stage_times/train_generator_sface.json")["seconds"]
+    claims = [
+        f"The teacher trained on the authentic identities ({acc('teacher'):.1f} %)",
+        f"identity\naccuracy of {gan['identity_acc_end']:.2f} on its generated images after {gan['kimg']:.0f} kimg (chance {gan['chance']:.4f})",
+        f"CLS on the synthetic labels reaches {acc('sface_cls'):.1f} % and KT ({acc('sface_kt'):.1f} %)",
+        f"CL ({acc('sface_cl'):.1f} %)", f"comes within {acc('teacher') - acc('sface_cl'):.1f} points of",
+        f"{abs(acc('sface_cls') - acc('sface_kt')):.1f} points apart with fold standard deviations of "
+        f"{int(min(std('sface_cls'), std('sface_kt')))}–{int(max(std('sface_cls'), std('sface_kt')))} points",
+        f"{pct(audit['identity_share_above'])} of the synthetic identities",
+        f"(authentic identities against each other: {pct(audit['identity_baseline_share_above'])})",
+        f"{pct(audit['sample_share_above'])} of the\nsynthetic images do (authentic images: {pct(audit['sample_baseline_share_above'])})",
+        f"KS statistic {audit['relation_ks_statistic']:.2f}",
+        f"in {sum(times) / 60:.0f} minutes of\nstage time", f"The run took {sum(times) / 60:.1f} minutes",
+        f"about {sum(times) / 60:.0f} minutes of stage time on the 2-core",
+    ]
+    missing = [c for c in claims if c not in readme]
+    assert not missing, f"README quotes numbers that differ from the artifacts: {missing}"
+    prose = {"nbs/05_procedural.ipynb": f"reaches **{acc('teacher'):.1f} %** on the default benchmark",
+             "nbs/23_stylegan2_training.ipynb": f"{gan['identity_acc_end']:.2f} at {gan['kimg']:.0f} in\nthe pipeline run the README shows"}
+    for nb, claim in prose.items():
+        text = "".join("".join(c["source"]) for c in json.loads((ROOT / nb).read_text())["cells"])
+        assert claim in text, f"{nb}: its prose should quote the pipeline's number: {claim}"
+    assert abs(gan_time / sum(times) - 0.5) < 0.05, "README: 'the GAN stage is half of it'"
