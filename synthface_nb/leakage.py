@@ -25,8 +25,8 @@ from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated
                                   genuine_statistics, impostor_scores)
 
 # %% auto #0
-__all__ = ['threshold_at_fmr', 'identity_leakage', 'label_relation', 'identity_relation_test', 'top_pairs_grid', 'leakage_audit',
-           'audit_generated_sets']
+__all__ = ['threshold_at_fmr', 'wilson_interval', 'cluster_bootstrap_share', 'identity_leakage', 'label_relation',
+           'identity_relation_test', 'top_pairs_grid', 'leakage_audit', 'audit_generated_sets']
 
 # %% ../nbs/44_leakage.ipynb #2e74e4fd
 def threshold_at_fmr(impostor: np.ndarray, fmr: float = 1e-3) -> float:
@@ -34,6 +34,26 @@ def threshold_at_fmr(impostor: np.ndarray, fmr: float = 1e-3) -> float:
     s = np.sort(np.asarray(impostor, np.float64).ravel())[::-1]
     if not len(s): raise ValueError("no impostor scores to set a threshold from")
     return float(s[min(int(np.floor(fmr * len(s))), len(s) - 1)])
+
+# %% ../nbs/44_leakage.ipynb #77dd4e33
+def wilson_interval(k: int, n: int, level: float = 0.95) -> list[float]:
+    "Wilson score interval of a binomial proportion k / n"
+    from scipy.stats import norm
+    if n <= 0: return [float("nan"), float("nan")]
+    z, p = norm.ppf((1 + level) / 2), k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+def cluster_bootstrap_share(above: np.ndarray, labels: np.ndarray, n_boot: int = 1000, level: float = 0.95,
+                            seed: int = 0) -> list[float]:
+    "Percentile interval of the share of `above` items, resampling the clusters in `labels` (identities) with replacement"
+    labels = np.unique(np.asarray(labels), return_inverse=True)[1]
+    k = np.bincount(labels, weights=np.asarray(above, np.float64))
+    n = np.bincount(labels).astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(n), (n_boot, len(n)))
+    shares = k[idx].sum(1) / n[idx].sum(1)
+    lo, hi = np.quantile(shares, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
 
 # %% ../nbs/44_leakage.ipynb #ab99536e
 def _sample_to_other_centres(auth: EmbeddedSet, centres: np.ndarray, max_scores: int, seed: int) -> np.ndarray:
@@ -61,6 +81,11 @@ def identity_leakage(synthetic: EmbeddedSet, authentic: EmbeddedSet, fmr: float 
     smp_i, smp_cos = best_matches(synthetic.embeddings, a_c, batch_size, device)
     _, smp_base = best_matches(authentic.embeddings, a_c, batch_size, device, exclude=authentic.labels)
     per_id = np.bincount(synthetic.labels, weights=smp_cos > thr_s, minlength=synthetic.num_classes)[s_present] / s_counts[s_present]
+    n_id, n_base = int(s_present.sum()), len(base_cos)
+    ci = {"identity_ci": wilson_interval(int((best_cos > thr_id).sum()), n_id),
+          "identity_baseline_ci": wilson_interval(int((base_cos > thr_id).sum()), n_base),
+          "sample_ci": cluster_bootstrap_share(smp_cos > thr_s, synthetic.labels, seed=seed),
+          "sample_baseline_ci": cluster_bootstrap_share(smp_base > thr_s, authentic.labels, seed=seed)}
     names = np.asarray(synthetic.classes)[s_present]
     matches = [{"synthetic": str(n), "authentic": authentic.classes[i], "cos": float(c), "above": bool(c > thr_id),
                 "share_images_above": float(p)} for n, i, c, p in zip(names, best_i, best_cos, per_id)]
@@ -70,10 +95,14 @@ def identity_leakage(synthetic: EmbeddedSet, authentic: EmbeddedSet, fmr: float 
         "identity_level": {"threshold": thr_id, "n_impostor_scores": int(len(a_c) * (len(a_c) - 1) // 2),
                            "n_synthetic_identities": int(s_present.sum()), "share_above": float((best_cos > thr_id).mean()),
                            "baseline_share_above": float((base_cos > thr_id).mean()),
+                           "share_ci": ci["identity_ci"], "baseline_share_ci": ci["identity_baseline_ci"],
+                           "ci_method": "Wilson score interval over identities (95 %)",
                            "best_cos_mean": float(best_cos.mean()), "best_cos_max": float(best_cos.max()),
                            "baseline_best_cos_mean": float(base_cos.mean())},
         "sample_level": {"threshold": thr_s, "n_impostor_scores": int(len(imp_s)), "n_synthetic_images": int(len(synthetic)),
                          "share_above": float((smp_cos > thr_s).mean()), "baseline_share_above": float((smp_base > thr_s).mean()),
+                         "share_ci": ci["sample_ci"], "baseline_share_ci": ci["sample_baseline_ci"],
+                         "ci_method": "cluster bootstrap over identities (1000 resamples, 95 %)",
                          "best_cos_mean": float(smp_cos.mean()), "best_cos_max": float(smp_cos.max()),
                          "baseline_best_cos_mean": float(smp_base.mean())},
         "matches": matches,
@@ -203,6 +232,8 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
             "identity_baseline_share_above": lk["identity_level"]["baseline_share_above"],
             "sample_share_above": lk["sample_level"]["share_above"],
             "sample_baseline_share_above": lk["sample_level"]["baseline_share_above"],
+            "identity_share_ci": lk["identity_level"]["share_ci"], "identity_baseline_share_ci": lk["identity_level"]["baseline_share_ci"],
+            "sample_share_ci": lk["sample_level"]["share_ci"], "sample_baseline_share_ci": lk["sample_level"]["baseline_share_ci"],
             "relation_ks_statistic": rel.get("ks_statistic"), **({"fid": q["fid"], "kid": q["kid"]} if fid else {})}
     write_json_atomic(out_dir/"audit.json", json_ready({"model": str(model_path), "fmr": fmr, "mu": mu, "sigma": sigma, "sets": summary}))
     return json_ready(summary)

@@ -16,11 +16,12 @@ import torch
 from .core import load_checkpoint, write_json_atomic
 from .fr_models import load_fr_model
 from .plots import plot_det, plot_roc, plot_score_histograms, save_figure
-from .verification import DEFAULT_BENCHMARK_DIR, VerificationResult, find_benchmarks, load_benchmarks, verify
+from .verification import (DEFAULT_BENCHMARK_DIR, VerificationResult, find_benchmarks, fold_accuracies,
+                                       load_benchmarks, verify)
 
 # %% auto #0
 __all__ = ['FARS', 'roc_curve', 'tar_at_far', 'equal_error_rate', 'score_metrics', 'result_metrics', 'model_name',
-           'model_metadata', 'json_ready', 'expand_paths', 'evaluate_models']
+           'model_metadata', 'json_ready', 'bootstrap_accuracy', 'expand_paths', 'evaluate_models']
 
 # %% ../nbs/41_metrics.ipynb #ebe40dc8
 def roc_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,8 +102,24 @@ _SUMMARY_KEYS = ("accuracy", "accuracy_std", "val", "far", "eer", "fmr100", "fmr
 
 def _summary(m: dict) -> dict:
     out = {k: m[k] for k in _SUMMARY_KEYS}
+    if "accuracy_ci" in m: out["accuracy_ci"] = m["accuracy_ci"]
     out.update({f"tar_at_far_{k}": v for k, v in m["tar_at_far"].items()})
     return out
+
+# %% ../nbs/41_metrics.ipynb #c4a91688
+def bootstrap_accuracy(dist: np.ndarray, issame: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                       n_folds: int = 10) -> dict:
+    "Percentile interval of the 10-fold accuracy over pairs resampled with replacement (in order: folds stay blocks)"
+    dist, issame = np.asarray(dist, np.float64), np.asarray(issame, bool)
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
+    rng, n = np.random.default_rng(seed), len(dist)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.sort(rng.integers(0, n, n))
+        stats[b] = fold_accuracies(dist[idx], issame[idx], n_folds)["accuracies"].mean()
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return {"accuracy_ci": [float(lo), float(hi)], "ci_level": level,
+            "ci_method": f"percentile bootstrap over pairs ({n_boot} resamples, seed {seed})"}
 
 # %% ../nbs/41_metrics.ipynb #7888cdfa
 _GENERIC_DIRS = {"images", "aligned", "data", "generated", "out", "output"}
@@ -127,8 +144,8 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
                     benchmark_dir: str | Path = DEFAULT_BENCHMARK_DIR, out_dir: str | Path = "artifacts/evaluate",
                     batch_size: int | None = None, device: str | torch.device = "cpu", image_size: tuple[int, int] = (112, 112),
                     strict: bool = False, max_pairs: int | None = None, fars: Sequence[float] = FARS,
-                    meta: Mapping[str, dict] | None = None, progress: bool = False) -> dict:
-    "Verify every FR model on every `.bin` benchmark; write metrics.json, evaluation.json and PNG plots"
+                    meta: Mapping[str, dict] | None = None, progress: bool = False, n_boot: int = 1000) -> dict:
+    "Verify every FR model on every `.bin` benchmark (accuracy with a bootstrap interval); write metrics.json, evaluation.json and PNG plots"
     models = dict(model_paths) if isinstance(model_paths, Mapping) else {model_name(p): Path(p) for p in model_paths}
     if len(models) < len(model_paths): raise ValueError(f"two models share a name: {[str(p) for p in model_paths]}")
     if not models: raise ValueError("no FR models to evaluate")
@@ -143,7 +160,7 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
         summary[mname] = {}
         for bname, (images, issame) in data.items():
             r = verify(model, images, issame, bname, batch_size, device, progress=progress)
-            m = result_metrics(r, fars)
+            m = {**result_metrics(r, fars), **(bootstrap_accuracy(r.dist, r.issame, n_boot) if n_boot else {})}
             details[mname]["benchmarks"][bname] = {**m, "path": str(benches[bname])}
             summary[mname][bname] = _summary(m)
             s = r.scores

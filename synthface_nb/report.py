@@ -16,8 +16,8 @@ from .core import write_text_atomic
 from .plots import save_figure
 
 # %% auto #0
-__all__ = ['results_rows', 'results_markdown', 'results_figure', 'stage_times', 'stage_times_markdown', 'audit_markdown',
-           'write_report']
+__all__ = ['results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'stage_times', 'stage_times_markdown',
+           'audit_markdown', 'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -36,40 +36,69 @@ def results_rows(evaluation: dict) -> tuple[list[str], list[dict]]:
         meta = m.get("meta") or {}
         bb, cfg = meta.get("backbone") or {}, meta.get("config") or {}
         acc = {b: (100 * r["accuracy"], 100 * r["accuracy_std"]) for b, r in m["benchmarks"].items()}
+        ci = {b: tuple(100 * x for x in r["accuracy_ci"]) for b, r in m["benchmarks"].items() if r.get("accuracy_ci")}
         rows.append({"model": name, "method": meta.get("method") or meta.get("strategy") or cfg.get("objective") or "–",
                      "preset": meta.get("preset") or "–", "backbone": bb.get("name") or meta.get("format") or "–",
                      "data": meta.get("data") or "–", "images": meta.get("n_images"),
                      "identities": meta.get("n_identities") or meta.get("num_classes"),
-                     "accuracy": acc,
+                     "accuracy": acc, "ci": ci,
                      "mean": float(np.mean([a for a, _ in acc.values()])) if acc else float("nan")})
     return benches, rows
 
 # %% ../nbs/45_report.ipynb #e3f8889d
 _COLS = ("model", "method", "preset", "backbone", "data", "images", "identities")
 
+def _acc_cell(r: dict, b: str) -> str:
+    if b not in r["accuracy"]: return "–"
+    (mean, std), ci = r["accuracy"][b], r.get("ci", {}).get(b)
+    return f"{mean:.2f} ± {std:.2f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+def overlapping_rows(benches: list[str], rows: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    "Per benchmark, the pairs of models whose accuracy intervals overlap (this run cannot order them)"
+    out = {}
+    for b in benches:
+        have = sorted((r for r in rows if b in r.get("ci", {})), key=lambda r: -r["accuracy"][b][0])
+        pairs = [(x["model"], y["model"]) for i, x in enumerate(have) for y in have[i + 1:]
+                 if x["ci"][b][0] <= y["ci"][b][1] and y["ci"][b][0] <= x["ci"][b][1]]
+        if pairs: out[b] = pairs
+    return out
+
 def results_markdown(benches: list[str], rows: list[dict], title: str = "Verification accuracy (%)") -> str:
-    "A GitHub-markdown table: one row per model, accuracy mean ± std per benchmark and the mean"
+    "A GitHub-markdown table: one row per model, accuracy mean ± fold std [95 % interval] per benchmark and the mean"
     head = list(_COLS) + benches + ["mean"]
-    lines = [f"**{title}** — insightface protocol: flip-sum embeddings, 10 contiguous folds, mean ± std of the held-out accuracies.",
+    has_ci = any(r.get("ci") for r in rows)
+    what = "mean ± std of the held-out accuracies" + (" [95 % bootstrap interval over pairs]" if has_ci else "")
+    lines = [f"**{title}** — insightface protocol: flip-sum embeddings, 10 contiguous folds, {what}.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * (len(_COLS)) + "---:|" * (len(benches) + 1)]
     for r in rows:
         cells = [str(r[c]) if c not in ("images", "identities") else _fmt_count(r[c]) for c in _COLS]
-        cells += [f"{r['accuracy'][b][0]:.2f} ± {r['accuracy'][b][1]:.2f}" if b in r["accuracy"] else "–" for b in benches]
+        cells += [_acc_cell(r, b) for b in benches]
         lines.append("| " + " | ".join(cells + [f"{r['mean']:.2f}"]) + " |")
+    overlaps = overlapping_rows(benches, rows)
+    if has_ci:
+        lines += ["", "Overlapping intervals (this run does not order these models): " + ("; ".join(
+            f"{b}: " + ", ".join(f"{x} ~ {y}" for x, y in pairs) for b, pairs in overlaps.items()) or "none") + "."]
     return "\n".join(lines) + "\n"
 
 def results_figure(benches: list[str], rows: list[dict], title: str = "Verification accuracy (%)") -> Figure:
-    "The same table rendered as a matplotlib figure (for the README PNG)"
-    head = ["model", "method", "preset", "images"] + benches + ["mean"]
-    body = [[r["model"], r["method"], r["preset"], _fmt_count(r["images"])]
-            + [f"{r['accuracy'][b][0]:.2f}±{r['accuracy'][b][1]:.1f}" if b in r["accuracy"] else "–" for b in benches]
-            + [f"{r['mean']:.2f}"] for r in rows]
-    fig = Figure(figsize=(max(6, 1.3 * len(head)), 0.5 + 0.35 * (len(rows) + 1)))
-    ax = fig.subplots(); ax.axis("off"); ax.set_title(title, fontsize=10)
-    t = ax.table(cellText=body or [["–"] * len(head)], colLabels=head, loc="center", cellLoc="center")
-    t.auto_set_font_size(False); t.set_fontsize(8); t.scale(1, 1.3)
-    for (i, _), cell in t.get_celld().items():
-        if i == 0: cell.set_facecolor("#e8e8e8")
+    "Accuracy bars per benchmark, one per model, with the 95 % interval (or the fold std) as error bars"
+    fig = Figure(figsize=(max(5, 2.2 + 1.1 * len(rows) * max(len(benches), 1)), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(len(rows), 1)
+    for k, r in enumerate(rows):
+        xs = [j + (k - (len(rows) - 1) / 2) * width for j, b in enumerate(benches) if b in r["accuracy"]]
+        means = [r["accuracy"][b][0] for b in benches if b in r["accuracy"]]
+        if r.get("ci"):
+            err = [[m - r["ci"][b][0] for m, b in zip(means, benches)], [r["ci"][b][1] - m for m, b in zip(means, benches)]]
+        else: err = [r["accuracy"][b][1] for b in benches if b in r["accuracy"]]
+        ax.bar(xs, means, width * 0.9, yerr=err, capsize=3, label=f"{r['model']} ({r['method']})")
+    ax.set_xticks(range(len(benches)), benches)
+    lo = min([r["ci"][b][0] if r.get("ci") and b in r["ci"] else r["accuracy"][b][0] - r["accuracy"][b][1]
+              for r in rows for b in r["accuracy"]] or [50])
+    ax.set_ylim(max(0, lo - 5), 100); ax.set_ylabel("accuracy (%)")
+    ax.set_title(title + (" with 95 % intervals" if any(r.get("ci") for r in rows) else " ± fold std"), fontsize=10)
+    ax.legend(fontsize=7, loc="lower right"); ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/45_report.ipynb #d9741243
@@ -102,10 +131,16 @@ def audit_markdown(audit: dict) -> str:
              "", "| set | images | identities | own EER | inside ArcBiFaceGAN band | identities above (baseline) | images above (baseline) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     def pct(x): return "–" if x is None else f"{100 * x:.1f} %"
+    def share(s, key):
+        ci = s.get(key.replace("_above", "_ci"))
+        return pct(s[key]) + (f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]" if ci else "")
+    has_ci = any(s.get("identity_share_ci") for s in audit["sets"].values())
     for name, s in audit["sets"].items():
         lines.append(f"| {name} | {_fmt_count(s['n_images'])} | {_fmt_count(s['n_identities'])} | {pct(s.get('eer'))} | "
-                     f"{pct(s.get('share_inside_band'))} | {pct(s['identity_share_above'])} ({pct(s['identity_baseline_share_above'])}) | "
-                     f"{pct(s['sample_share_above'])} ({pct(s['sample_baseline_share_above'])}) |")
+                     f"{pct(s.get('share_inside_band'))} | {share(s, 'identity_share_above')} ({share(s, 'identity_baseline_share_above')}) | "
+                     f"{share(s, 'sample_share_above')} ({share(s, 'sample_baseline_share_above')}) |")
+    if has_ci: lines += ["", "[95 % intervals: Wilson over identities for the identity shares, a bootstrap over identities for the "
+                         "image shares; the threshold is held fixed.]"]
     return "\n".join(lines) + "\n"
 
 def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str | Path = "artifacts/report",
