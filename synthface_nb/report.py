@@ -82,7 +82,7 @@ def results_markdown(benches: list[str], rows: list[dict], title: str = "Verific
 
 def results_figure(benches: list[str], rows: list[dict], title: str = "Verification accuracy (%)") -> Figure:
     "Accuracy bars per benchmark, one per model, with the 95 % interval (or the fold std) as error bars"
-    fig = Figure(figsize=(max(5, 2.2 + 1.1 * len(rows) * max(len(benches), 1)), 3.6))
+    fig = Figure(figsize=(max(5, 3.8 + 1.1 * len(rows) * max(len(benches), 1)), 3.6))
     ax = fig.subplots()
     width = 0.8 / max(len(rows), 1)
     for k, r in enumerate(rows):
@@ -97,7 +97,7 @@ def results_figure(benches: list[str], rows: list[dict], title: str = "Verificat
               for r in rows for b in r["accuracy"]] or [50])
     ax.set_ylim(max(0, lo - 5), 100); ax.set_ylabel("accuracy (%)")
     ax.set_title(title + (" with 95 % intervals" if any(r.get("ci") for r in rows) else " ± fold std"), fontsize=10)
-    ax.legend(fontsize=7, loc="lower right"); ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)); ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
