@@ -16,12 +16,13 @@ import torch
 from .core import load_checkpoint, write_json_atomic
 from .fr_models import load_fr_model
 from .plots import plot_det, plot_roc, plot_score_histograms, save_figure
-from .verification import (DEFAULT_BENCHMARK_DIR, VerificationResult, find_benchmarks, fold_accuracies,
-                                       load_benchmarks, verify)
+from .verification import (DEFAULT_BENCHMARK_DIR, VerificationResult, embed_flip_sum, find_benchmarks,
+                                       fold_accuracies, load_benchmarks, verify)
 
 # %% auto #0
 __all__ = ['FARS', 'roc_curve', 'tar_at_far', 'equal_error_rate', 'score_metrics', 'result_metrics', 'model_name',
-           'model_metadata', 'json_ready', 'bootstrap_accuracy', 'expand_paths', 'evaluate_models']
+           'model_metadata', 'json_ready', 'identification_split', 'identification_metrics', 'bootstrap_accuracy',
+           'expand_paths', 'evaluate_models']
 
 # %% ../nbs/41_metrics.ipynb #ebe40dc8
 def roc_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,6 +107,52 @@ def _summary(m: dict) -> dict:
     out.update({f"tar_at_far_{k}": v for k, v in m["tar_at_far"].items()})
     return out
 
+# %% ../nbs/41_metrics.ipynb #1af099dc
+def identification_split(labels: np.ndarray, gallery_per_identity: int = 1, unmated_share: float = 0.5,
+                         seed: int = 0) -> dict:
+    "A seeded gallery/probe split: mated identities enrol `gallery_per_identity` images, unmated ones are probes only"
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(np.unique(labels))
+    unmated = set(ids[:int(round(unmated_share * len(ids)))].tolist())
+    gallery, probe = [], []
+    for k in sorted(set(ids.tolist())):
+        members = rng.permutation(np.flatnonzero(labels == k))
+        if k in unmated: probe += members.tolist(); continue
+        if len(members) <= gallery_per_identity:
+            raise ValueError(f"identity {k}: {len(members)} image(s), need more than {gallery_per_identity} (gallery + probe)")
+        gallery += members[:gallery_per_identity].tolist(); probe += members[gallery_per_identity:].tolist()
+    probe = np.array(sorted(probe))
+    return {"gallery": np.array(sorted(gallery)), "probe": probe,
+            "mated": np.array([labels[i] not in unmated for i in probe]), "seed": seed,
+            "n_mated_identities": len(ids) - len(unmated), "n_unmated_identities": len(unmated)}
+
+def identification_metrics(embeddings: np.ndarray, labels: np.ndarray, split: dict, ranks: Sequence[int] = (1, 5),
+                           fpirs: Sequence[float] = (0.1, 0.01)) -> dict:
+    "Closed-set rank-k accuracy and open-set TPIR at FPIR for normalised `embeddings` under `split`"
+    e, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
+    g, p, mated = split["gallery"], split["probe"], split["mated"]
+    g_ids = np.unique(labels[g])
+    sims = e[p] @ e[g].T                                              # probe x gallery image
+    per_id = np.full((len(p), len(g_ids)), -np.inf)                   # best score per gallery identity
+    col = np.searchsorted(g_ids, labels[g])
+    for j in range(len(g)): per_id[:, col[j]] = np.maximum(per_id[:, col[j]], sims[:, j])
+    order = np.argsort(-per_id, axis=1, kind="stable")
+    top_score, top_id = per_id[np.arange(len(p)), order[:, 0]], g_ids[order[:, 0]]
+    m = mated
+    true_col = np.searchsorted(g_ids, labels[p[m]])
+    rank = (order[m] == true_col[:, None]).argmax(1) + 1              # 1-based rank of the own identity
+    out = {"n_gallery": int(len(g)), "n_mated_probes": int(m.sum()), "n_unmated_probes": int((~m).sum()),
+           **{f"rank{k}": float((rank <= k).mean()) for k in ranks}}
+    unmated_top = np.sort(top_score[~m])[::-1]
+    for f in fpirs:
+        n_fp = int(np.floor(f * len(unmated_top)))                    # false positives allowed at this FPIR
+        thr = unmated_top[n_fp] if n_fp < len(unmated_top) else -np.inf   # the first unmated score that must be rejected
+        hit = (top_id[m] == labels[p[m]]) & (top_score[m] > thr)
+        out[f"tpir_at_fpir_{f:g}"] = float(hit.mean())
+        out[f"tpir_at_fpir_{f:g}_resolvable"] = bool(f * len(unmated_top) >= 1)
+    return out
+
 # %% ../nbs/41_metrics.ipynb #c4a91688
 def bootstrap_accuracy(dist: np.ndarray, issame: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                        n_folds: int = 10) -> dict:
@@ -140,12 +187,27 @@ def expand_paths(spec: str | Sequence[str], kind: str = "path") -> dict[str, Pat
     return out
 
 # %% ../nbs/41_metrics.ipynb #ce97e280
+def _identification_set(path: str | Path, image_size: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray, dict]:
+    "The images, labels and seeded split of a labelled face set for identification"
+    from synthface_nb.recordio import open_face_dataset
+    ds = open_face_dataset(path)
+    imgs = [ds.load_image(i) for i in range(len(ds))]
+    bad = next((i for i, im in enumerate(imgs) if im.shape[:2] != tuple(image_size)), None)
+    if bad is not None: raise ValueError(f"{path}: image {bad} is {imgs[bad].shape[1]}x{imgs[bad].shape[0]}, expected aligned "
+                                         f"{image_size[1]}x{image_size[0]} faces (align the set first)")
+    labels = np.asarray(ds.labels)
+    split = identification_split(labels)
+    paths = getattr(ds, "paths", None)   # image folders: file names; RecordIO: record positions
+    split["files"] = [str(paths[i]) for i in split["gallery"]] if paths is not None else split["gallery"].tolist()
+    return torch.from_numpy(np.stack(imgs).transpose(0, 3, 1, 2).copy()), labels, split
+
 def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path],
                     benchmark_dir: str | Path = DEFAULT_BENCHMARK_DIR, out_dir: str | Path = "artifacts/evaluate",
                     batch_size: int | None = None, device: str | torch.device = "cpu", image_size: tuple[int, int] = (112, 112),
                     strict: bool = False, max_pairs: int | None = None, fars: Sequence[float] = FARS,
-                    meta: Mapping[str, dict] | None = None, progress: bool = False, n_boot: int = 1000) -> dict:
-    "Verify every FR model on every `.bin` benchmark (accuracy with a bootstrap interval); write metrics.json, evaluation.json and PNG plots"
+                    meta: Mapping[str, dict] | None = None, progress: bool = False, n_boot: int = 1000,
+                    identification: str | Path | None = None) -> dict:
+    "Verify every FR model on every `.bin` benchmark (accuracy with a bootstrap interval), identify on a labelled set; write metrics.json, evaluation.json, plots"
     models = dict(model_paths) if isinstance(model_paths, Mapping) else {model_name(p): Path(p) for p in model_paths}
     if len(models) < len(model_paths): raise ValueError(f"two models share a name: {[str(p) for p in model_paths]}")
     if not models: raise ValueError("no FR models to evaluate")
@@ -153,11 +215,15 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
     benches = find_benchmarks(benchmark_dir)
     data = load_benchmarks(benches, image_size, strict, max_pairs)
     details, summary, curves = {}, {}, {b: {} for b in data}
+    id_images, id_labels, id_split = _identification_set(identification, image_size) if identification else (None, None, None)
     for mname, mpath in models.items():
         model = load_fr_model(mpath, device=device)
         details[mname] = {"path": str(mpath), "meta": {**model_metadata(mpath), **dict((meta or {}).get(mname, {}))},
                           "benchmarks": {}}
         summary[mname] = {}
+        if id_images is not None:
+            emb, _ = embed_flip_sum(model, id_images, batch_size, device)
+            details[mname]["identification"] = summary[mname]["identification"] = identification_metrics(emb, id_labels, id_split)
         for bname, (images, issame) in data.items():
             r = verify(model, images, issame, bname, batch_size, device, progress=progress)
             m = {**result_metrics(r, fars), **(bootstrap_accuracy(r.dist, r.issame, n_boot) if n_boot else {})}
@@ -171,6 +237,11 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
     for bname, c in curves.items():
         save_figure(plot_roc(c, f"ROC on {bname}"), out_dir/"plots"/f"roc_{bname}.png")
         save_figure(plot_det(c, f"DET on {bname}"), out_dir/"plots"/f"det_{bname}.png")
+    if id_split is not None:   # the split, recorded: which images were enrolled
+        details = {**details, "_identification": {"data": str(identification), "seed": id_split["seed"],
+                                                  "gallery": id_split["files"], "n_probes": int(len(id_split["probe"])),
+                                                  "n_mated_identities": id_split["n_mated_identities"],
+                                                  "n_unmated_identities": id_split["n_unmated_identities"]}}
     write_json_atomic(out_dir/"evaluation.json", json_ready(details))
     write_json_atomic(out_dir/"metrics.json", json_ready(summary))
     return json_ready(summary)

@@ -16,8 +16,8 @@ from .core import write_text_atomic
 from .plots import save_figure
 
 # %% auto #0
-__all__ = ['results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'stage_times', 'stage_times_markdown',
-           'audit_markdown', 'write_report']
+__all__ = ['results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'identification_markdown', 'stage_times',
+           'stage_times_markdown', 'audit_markdown', 'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -27,6 +27,7 @@ def _fmt_count(n) -> str:
 
 def results_rows(evaluation: dict) -> tuple[list[str], list[dict]]:
     "Benchmark names (in evaluation order) and one row dict per model from an `evaluation.json` dict"
+    evaluation = {k: v for k, v in evaluation.items() if not k.startswith("_")}   # "_identification": the split
     benches: list[str] = []
     for m in evaluation.values():
         for b in m["benchmarks"]:
@@ -101,6 +102,25 @@ def results_figure(benches: list[str], rows: list[dict], title: str = "Verificat
     fig.tight_layout()
     return fig
 
+# %% ../nbs/45_report.ipynb #72a21939
+def identification_markdown(evaluation: dict) -> str:
+    "A markdown table of each model's identification figures (rank-1/5, TPIR at FPIR), or '' when none were measured"
+    split = evaluation.get("_identification")
+    rows = {k: v["identification"] for k, v in evaluation.items() if not k.startswith("_") and v.get("identification")}
+    if not rows or split is None: return ""
+    fpirs = [k.removeprefix("tpir_at_fpir_") for k in next(iter(rows.values())) if k.startswith("tpir_at_fpir_") and not k.endswith("_resolvable")]
+    lines = [f"**Identification (%)** — {split['n_mated_identities']} enrolled identities (one image each) of `{split['data']}`, "
+             f"{split['n_unmated_identities']} never enrolled, {split['n_probes']} probes; split seed {split['seed']} "
+             "(the gallery files are in evaluation.json). Closed set: rank-k over enrolled probes; open set: TPIR at FPIR.",
+             "", "| model | rank-1 | rank-5 | " + " | ".join(f"TPIR@FPIR={f}" for f in fpirs) + " |",
+             "|---|---:|---:|" + "---:|" * len(fpirs)]
+    for name, r in rows.items():
+        tp = [f"{100 * r[f'tpir_at_fpir_{f}']:.1f}" if r.get(f"tpir_at_fpir_{f}_resolvable") else "n.r." for f in fpirs]
+        lines.append(f"| {name} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | " + " | ".join(tp) + " |")
+    if any(not r.get(f"tpir_at_fpir_{f}_resolvable") for r in rows.values() for f in fpirs):
+        lines += ["", "n.r.: not resolvable, fewer than one unmated probe at that FPIR."]
+    return "\n".join(lines) + "\n"
+
 # %% ../nbs/45_report.ipynb #d9741243
 def stage_times(times_dir: str | Path) -> list[dict]:
     "The recorded stage times in `times_dir` (`<stage>_<entry>.json`), longest first"
@@ -149,8 +169,10 @@ def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str |
     "Write results.md and results.png from the evaluate (and audit, stage-time) outputs; return the markdown"
     path = Path(evaluate_dir)/"evaluation.json"
     if not path.is_file(): raise FileNotFoundError(f"{path}: no evaluation results (run the evaluate stage first)")
-    benches, rows = results_rows(json.loads(path.read_text()))
+    evaluation = json.loads(path.read_text())
+    benches, rows = results_rows(evaluation)
     md = results_markdown(benches, rows, title)
+    if ident := identification_markdown(evaluation): md += "\n" + ident
     if audit_dir is not None:
         apath = Path(audit_dir)/"audit.json"
         if not apath.is_file(): raise FileNotFoundError(f"{apath}: no audit results (run the audit stage first)")
