@@ -16,8 +16,8 @@ from .core import write_text_atomic
 from .plots import save_figure
 
 # %% auto #0
-__all__ = ['results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'identification_markdown', 'stage_times',
-           'stage_times_markdown', 'audit_markdown', 'write_report']
+__all__ = ['AUDIT_FIGURES', 'results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'identification_markdown',
+           'stage_times', 'stage_times_markdown', 'audit_figures', 'audit_markdown', 'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -142,6 +142,22 @@ def stage_times_markdown(times: list[dict], budget_minutes: float = 20.0) -> str
     lines.append(f"| **total** | **{total:.0f}** | 100 % |")
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/45_report.ipynb #4833cc9b
+AUDIT_FIGURES = {"leakage_scores.png": ("leakage", "best authentic match of each synthetic identity against the authentic baseline"),
+                 "top_pairs.png": ("pairs", "the closest synthetic (left) / authentic (right) identities")}
+
+def audit_figures(audit_dir: str | Path, out_dir: str | Path) -> list[tuple[str, Path]]:
+    "Copy each audited set's leakage histogram and nearest-pair grid to `out_dir`; return (caption, path) pairs"
+    from synthface_nb.core import atomic_write
+    out = []
+    for set_dir in sorted(p for p in (Path(audit_dir)/"sets").glob("*") if p.is_dir()):
+        for src, (stem, caption) in AUDIT_FIGURES.items():
+            if not (set_dir/src).is_file(): continue
+            dst = Path(out_dir)/f"{stem}_{set_dir.name}.png"
+            with atomic_write(dst, "wb") as f: f.write((set_dir/src).read_bytes())
+            out.append((f"{set_dir.name}: {caption}", dst))
+    return out
+
 # %% ../nbs/45_report.ipynb #e796072e
 def audit_markdown(audit: dict) -> str:
     "A markdown table of the headline audit numbers per generated set"
@@ -177,6 +193,8 @@ def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str |
         apath = Path(audit_dir)/"audit.json"
         if not apath.is_file(): raise FileNotFoundError(f"{apath}: no audit results (run the audit stage first)")
         md += "\n" + audit_markdown(json.loads(apath.read_text()))
+        figs = audit_figures(audit_dir, Path(out_dir)/"figures")
+        if figs: md += "\n" + "\n\n".join(f"![{cap}]({p.as_posix()})" for cap, p in figs) + "\n"
     if times_dir is not None: md += "\n" + stage_times_markdown(stage_times(times_dir))
     out_dir = Path(out_dir)
     write_text_atomic(out_dir/"results.md", md)
