@@ -9,7 +9,7 @@ export PYTHONHASHSEED := 0
 # dvc runs `papermill` from the stage commands: the venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test bench docs preset gpu-smoke clean-venv
+.PHONY: setup run test bench docs preset gpu-smoke hooks clean-venv
 
 $(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: setup
 # On a GPU node: a few FR and GAN steps with AMP, resume, a generation batch and a verification run (minutes).
 gpu-smoke: setup
 	$(BIN)/python tools/gpu_smoke.py
+
+# Once per clone, for work in JupyterLab: notebooks are saved clean (no metadata diff for `make test`'s check) and
+# git merges and diffs notebooks with nbdev's drivers (.gitattributes, .gitconfig).
+hooks: setup
+	$(BIN)/nbdev-install-hooks
 
 # Browsable docs, offline: every notebook as an HTML page (not executed) in _docs/; open _docs/index.html.
 docs: setup
