@@ -20,6 +20,7 @@ from .recordio import open_face_dataset
 from .fr_models import best_matches, load_fr_model
 from .filters import ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA
 from .metrics import json_ready
+from .runloop import run_environment
 from .plots import plot_score_histograms, save_figure
 from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated_set_quality, genuine_scores,
                                   genuine_statistics, impostor_scores)
@@ -235,5 +236,6 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
             "identity_share_ci": lk["identity_level"]["share_ci"], "identity_baseline_share_ci": lk["identity_level"]["baseline_share_ci"],
             "sample_share_ci": lk["sample_level"]["share_ci"], "sample_baseline_share_ci": lk["sample_level"]["baseline_share_ci"],
             "relation_ks_statistic": rel.get("ks_statistic"), **({"fid": q["fid"], "kid": q["kid"]} if fid else {})}
-    write_json_atomic(out_dir/"audit.json", json_ready({"model": str(model_path), "fmr": fmr, "mu": mu, "sigma": sigma, "sets": summary}))
+    write_json_atomic(out_dir/"audit.json", json_ready({"model": str(model_path), "fmr": fmr, "mu": mu, "sigma": sigma, "sets": summary,
+                                                        "environment": run_environment(device)}))
     return json_ready(summary)

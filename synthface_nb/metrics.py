@@ -16,6 +16,7 @@ import torch
 from .core import load_checkpoint, write_json_atomic
 from .fr_models import load_fr_model
 from .plots import plot_det, plot_roc, plot_score_histograms, save_figure
+from .runloop import run_environment
 from .verification import (DEFAULT_BENCHMARK_DIR, VerificationResult, embed_flip_sum, find_benchmarks,
                                        fold_accuracies, load_benchmarks, verify)
 
@@ -237,6 +238,7 @@ def evaluate_models(model_paths: Sequence[str | Path] | Mapping[str, str | Path]
     for bname, c in curves.items():
         save_figure(plot_roc(c, f"ROC on {bname}"), out_dir/"plots"/f"roc_{bname}.png")
         save_figure(plot_det(c, f"DET on {bname}"), out_dir/"plots"/f"det_{bname}.png")
+    details = {**details, "_environment": run_environment(device)}   # where it ran
     if id_split is not None:   # the split, recorded: which images were enrolled
         details = {**details, "_identification": {"data": str(identification), "seed": id_split["seed"],
                                                   "gallery": id_split["files"], "n_probes": int(len(id_split["probe"])),
