@@ -148,14 +148,12 @@ AUDIT_FIGURES = {"leakage_scores.png": ("leakage", "best authentic match of each
 
 def audit_figures(audit_dir: str | Path, out_dir: str | Path) -> list[tuple[str, Path]]:
     "Copy each audited set's leakage histogram and nearest-pair grid to `out_dir`; return (caption, path) pairs"
-    from synthface_nb.core import atomic_write
+    from synthface_nb.runloop import copy_atomic
     out = []
     for set_dir in sorted(p for p in (Path(audit_dir)/"sets").glob("*") if p.is_dir()):
         for src, (stem, caption) in AUDIT_FIGURES.items():
             if not (set_dir/src).is_file(): continue
-            dst = Path(out_dir)/f"{stem}_{set_dir.name}.png"
-            with atomic_write(dst, "wb") as f: f.write((set_dir/src).read_bytes())
-            out.append((f"{set_dir.name}: {caption}", dst))
+            out.append((f"{set_dir.name}: {caption}", copy_atomic(set_dir/src, Path(out_dir)/f"{stem}_{set_dir.name}.png")))
     return out
 
 # %% ../nbs/45_report.ipynb #e796072e
