@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import write_json_atomic
+from .data import ModalityView
 from .recordio import open_face_dataset
 from .distributed import dist_info, init_distributed, shutdown_distributed
 from .objectives import objectives
@@ -24,7 +25,7 @@ from .trainer import TrainConfig, train_fr
 __all__ = ['RUN_KEYS', 'fr_defaults', 'fr_settings', 'train_fr_run', 'training_curves', 'main']
 
 # %% ../nbs/32_fr_stages.ipynb #670dac7f
-RUN_KEYS = ("data", "objective", "objective_kwargs", "teacher", "overrides")
+RUN_KEYS = ("data", "modalities", "objective", "objective_kwargs", "teacher", "overrides")
 
 def fr_defaults() -> dict:
     "The FR family's settings with their defaults: `TrainConfig` (SFace's recipe), the device and the number of processes"
@@ -62,16 +63,18 @@ def train_fr_run(name: str, run: dict, out_dir: str | Path, preset: str = "cpu",
                          f"under fr_runs_with_teacher with `teacher: <model file>`")
     if "data" not in run: raise KeyError(f"FR run '{name}': no 'data' (the face set to train on)")
     ds = open_face_dataset(run["data"], max_per_class=max_per_class)
+    modalities = tuple(run.get("modalities") or ("rgb",))
+    if modalities != ("rgb",): ds = ModalityView(ds, modalities)   # e.g. visible + NIR: both images of every face, one label
     callbacks = []
     if benchmarks:
         from synthface_nb.verification import make_verification_callback
         callbacks.append(make_verification_callback(benchmarks, device=init_distributed(device)[1], max_pairs=max_pairs))
-    meta = {"run": name, "method": cfg.objective, "preset": preset, "data": Path(run["data"]).name,
+    meta = {"run": name, "method": cfg.objective, "preset": preset, "data": Path(run["data"]).name, "modalities": list(modalities),
             "n_images": len(ds), "n_identities": ds.num_classes}
     res = train_fr(cfg, ds, out_dir, teacher=teacher if uses_teacher else None, device=device, callbacks=callbacks,
                    resume=resume, live_dir=out_dir/"live", progress=progress, meta=meta, state_dir=state_dir)
     losses = res.losses
-    summary = {"run": name, "objective": cfg.objective, "data_dir": str(run["data"]),
+    summary = {"run": name, "objective": cfg.objective, "data_dir": str(run["data"]), "modalities": list(modalities),
                "teacher": str(teacher) if uses_teacher else None, "preset": preset,
                "n_images": len(ds), "n_identities": ds.num_classes, "steps": res.step, "finished": res.finished,
                "first_loss": losses[0] if losses else None, "final_loss": float(np.mean(losses[-5:])) if losses else None,

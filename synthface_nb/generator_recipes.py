@@ -30,8 +30,8 @@ class GeneratorRecipe(abc.ABC):
     def generate_defaults(self) -> dict: "The generation settings and their defaults"
     @abc.abstractmethod
     def train(self, data: str | Path, out_dir: Path, settings: dict, seed: int, progress: bool = True,
-              state_dir: Path | None = None, preset: str = "cpu") -> dict:
-        "Train on the face set `data`; write `out_dir/model/` (the generator), `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
+              state_dir: Path | None = None, preset: str = "cpu", teacher: str | Path | None = None) -> dict:
+        "Train on the face set `data` (with FR model `teacher` where the method uses one); write `out_dir/model/`, `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
     @abc.abstractmethod
     def generate(self, model_dir: Path, out_dir: Path, report_dir: Path, settings: dict, seed: int,
                  progress: bool = True) -> dict:
@@ -55,7 +55,7 @@ def get_recipe(name: str) -> GeneratorRecipe:
     return generator_recipes.get(name)()
 
 # %% ../nbs/20a_generator_recipes.ipynb #f0b50151
-GENERATOR_KEYS, GENERATED_KEYS = ("family", "data", "overrides"), ("generator", "overrides")
+GENERATOR_KEYS, GENERATED_KEYS = ("family", "data", "teacher", "overrides"), ("generator", "overrides")
 
 def recipe_settings(recipe: GeneratorRecipe, part: str, preset: str = "cpu", overrides: dict | None = None) -> dict:
     "The resolved `part` ('train' or 'generate') settings of `recipe`: defaults, preset section, overrides"
@@ -76,10 +76,13 @@ def train_generator_run(name: str, generator: dict, out_dir: str | Path, preset:
                       progress=progress, state_dir=state_dir and str(state_dir))
         return launch("synthface_nb.generator_recipes:train_generator_run", kwargs, nproc,
                       Path(state_dir or out_dir)/"launch", settings.get("device", "auto"))
-    result = recipe.train(generator["data"], out_dir, settings, seed, progress, Path(state_dir) if state_dir else None, preset)
+    teacher = generator.get("teacher") or None
+    result = recipe.train(generator["data"], out_dir, settings, seed, progress, Path(state_dir) if state_dir else None, preset,
+                          **({"teacher": teacher} if teacher else {}))   # recipes without a teacher need not take one
     if dist_info().is_main:
         write_json_atomic(out_dir/"model"/"recipe.json", {"family": generator["family"], "preset": preset, "seed": seed,
-                                                          "data": str(generator["data"]), "settings": settings})
+                                                          "data": str(generator["data"]), "teacher": teacher and str(teacher),
+                                                          "settings": settings})
     return result
 
 def generate_run(name: str, generated: dict, out_dir: str | Path, report_dir: str | Path,

@@ -135,7 +135,7 @@ class Stage:
     entry_param: str = "entry"               # the notebook parameter that receives the entry
     reads: tuple[str, ...] = ()              # params.yaml values passed as parameters (dotted: the last part names it)
     paths: tuple[tuple[str, str], ...] = ()  # notebook parameter -> path of an output or input ({name}: the entry's key)
-    families: str | None = None              # params.yaml values naming the built-in modules the stage runs
+    families: tuple[str, ...] = ()           # params.yaml values naming the built-in modules the stage runs
     state: bool = False                      # gets `state_dir`: a folder for checkpoints outside DVC's outputs
     times: str = "artifacts/stage_times/{tag}.json"   # where the runner records the stage's wall time
 
@@ -143,10 +143,14 @@ _RUN_READS = ("seed", "preset", "plugins", "evaluate.benchmarks")
 STAGES = {
     "prepare": Stage("prepare", reads=("seed", "prepare"), paths=(("out_dir", "artifacts/prepare"),)),
     "train_generator": Stage("train_generator", "generators", "generator", ("seed", "preset", "plugins"),
-                             (("out_dir", "artifacts/generators/{name}"),), families="generators.*.family", state=True),
+                             (("out_dir", "artifacts/generators/{name}"),), families=("generators.*.family",), state=True),
+    "train_generator_with_teacher": Stage("train_generator", "generators_with_teacher", "generator", ("seed", "preset", "plugins"),
+                                          (("out_dir", "artifacts/generators/{name}"),),
+                                          families=("generators_with_teacher.*.family",), state=True),
     "generate": Stage("generate", "generated", "generated", ("seed", "preset", "plugins"),
                       (("out_dir", "artifacts/generated/{name}"), ("report_dir", "artifacts/generate/{name}"),
-                       ("generators_dir", "artifacts/generators")), families="generators.*.family"),
+                       ("generators_dir", "artifacts/generators")),
+                      families=("generators.*.family", "generators_with_teacher.*.family")),
     "align": Stage("align", "align", "aligned", ("preset",),
                    (("output_dir", "artifacts/aligned/{name}"), ("report_path", "artifacts/aligned/{name}_report.json"))),
     "train_fr": Stage("train_fr", "fr_runs", "run", _RUN_READS, (("out_dir", "artifacts/train_fr/{name}"),), state=True),
@@ -253,8 +257,8 @@ def stage_module_deps(stage: str, params: dict, notebooks_dir: str | Path = "nbs
     "The package files stage `stage` executes: its notebook's imports, its built-in recipes, their closure"
     spec, package = STAGES[stage], Path(package_dir).name
     roots = module_imports(Path(notebooks_dir)/f"{spec.notebook}.ipynb", package)
-    if spec.families:
-        group, _, field_name = spec.families.split(".")
+    for families in spec.families:
+        group, _, field_name = families.split(".")
         roots |= {f"{package}.{e[field_name]}" for e in (params.get(group) or {}).values() if isinstance(e, dict) and field_name in e}
     return module_closure(roots, package_dir)
 

@@ -21,7 +21,7 @@ __all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'flat_settings', 'run_ident
 
 # %% ../nbs/06a_runloop.ipynb #d11522bf
 RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "snapshot_kimg",
-                     "device", "nproc")
+                     "device", "nproc", "loss.head_weights")
 RESUME_MAY_EXTEND = ("epochs", "total_kimg")
 
 def flat_settings(d: dict, prefix: str = "") -> dict:
@@ -34,9 +34,9 @@ def flat_settings(d: dict, prefix: str = "") -> dict:
 
 def run_identity(config: dict, world_size: int, data: dict | None = None) -> dict:
     "What a resume must keep, as flat keys: `config` less the settings that may change or extend, the world size, `data`"
-    skip = set(RESUME_MAY_CHANGE) | set(RESUME_MAY_EXTEND)
+    skip = tuple(RESUME_MAY_CHANGE) + tuple(RESUME_MAY_EXTEND)   # a name, or a dotted prefix of nested settings
     flat = flat_settings({**config, "world_size": world_size, **{k: v for k, v in (data or {}).items() if v is not None}})
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in skip}
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 def check_resume(path: str | Path, saved: dict, now: dict) -> None:
     "Raise one error naming `path` and every entry of two run identities that differs (checkpoint vs now)"

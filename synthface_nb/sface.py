@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .core import resolve_device, write_json_atomic
+from .core import write_json_atomic
 from .data import ImageFolderDataset, dataset_statistics, identity_grid, save_image
 from .distributed import dist_info
 from .gan_metrics import probe_scorer
@@ -76,7 +76,8 @@ class SFaceRecipe(GeneratorRecipe):
     train_family, generate_family = "stylegan2", "sface_generate"
     def train_defaults(self) -> dict: return stylegan2_defaults()
     def generate_defaults(self) -> dict: return sface_generate_defaults()
-    def train(self, data, out_dir, settings, seed, progress=True, state_dir=None, preset="cpu"):
+    def train(self, data, out_dir, settings, seed, progress=True, state_dir=None, preset="cpu", teacher=None):
+        if teacher: raise ValueError(f"sface: SFace's GAN is class-conditional and uses no teacher (got teacher: {teacher})")
         return train_sface_gan(data, out_dir, settings, seed, progress, state_dir, preset)
     def generate(self, model_dir, out_dir, report_dir, settings, seed, progress=True):
         return generate_sface(Path(model_dir)/"generator.pt", out_dir, report_dir, settings, seed, progress)

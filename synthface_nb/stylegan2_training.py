@@ -6,7 +6,7 @@ Docs: _docs/stylegan2_training.html (`make docs` builds it)"""
 
 # %% ../nbs/23_stylegan2_training.ipynb #29b60eaa
 from __future__ import annotations
-import copy, json, math, shutil, sys, time
+import copy, math, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_write, derive_seed, load_checkpoint, load_state_strict, save_checkpoint, torch_generator
-from .data import (FaceDataset, ImageFolderDataset, TrainingImages, image_grid, save_image, to_float_images,
+from .core import derive_seed, load_state_strict, save_checkpoint, torch_generator
+from .data import (FaceDataset, TrainingImages, image_grid, save_image, to_float_images,
                                to_uint8_images)
 from .distributed import all_gather_cat, all_reduce_mean, barrier, dist_info, is_distributed
 from .generators import ClassConditioning, conditionings
@@ -367,7 +367,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
         if state.step == 0 and (state_dir / "grids").exists(): shutil.rmtree(state_dir / "grids")  # a fresh run
         state_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(ckpt["history"] if ckpt is not None else [], state_dir / "log.jsonl", live_dir, enabled=info.is_main)
-    data = TrainingImages(dataset, res, cache=cache)
+    data = TrainingImages(dataset, res, cache=cache, modalities=tuple(config["networks"]["G"]["heads"]))   # one per head: RGB (+ NIR)
     batches = data.batches(config["batch_size"], seed, state.step, info.rank, info.world_size, num_workers)
     snap_steps = max(1, round(snapshot_kimg * 1000 / config["batch_size"]))
     last_step = total_steps if max_steps is None else min(total_steps, state.step + max_steps)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from .core import (derive_seed, evaluating, load_checkpoint, load_state_strict, sample_rng, save_checkpoint,
                                seed_worker, torch_generator)
-from .data import FaceDataset, save_image, to_float_images
-from .distributed import all_reduce_mean, barrier, init_distributed, is_distributed, unwrap, wrap_ddp
+from .data import FaceDataset, to_float_images
+from .distributed import all_reduce_mean, barrier, init_distributed, is_distributed, wrap_ddp
 from .backbones import build_backbone
 from .heads import check_labels
 from .fr_models import FRModel, load_fr_model, save_fr_model
