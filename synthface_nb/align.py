@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .core import atomic_dir, resolve_device, write_json_atomic, write_text_atomic
-from .data import BadImageError, FaceDataset, ImageFolderDataset, decode_image, encode_image, image_grid
+from .data import BadImageError, FaceDataset, ImageFolderDataset, decode_image, encode_image, image_grid, partner_path
 from .pipeline import check_entry, resolve_preset
 from .runloop import progress_bar
 
@@ -201,10 +201,11 @@ def template_landmarks(image_size: tuple[int, int], template: str = "arcface_112
 # %% ../nbs/04_align.ipynb #9f082e1c
 def _chunk_landmarks(ds: FaceDataset, names: list[str], chunk: range, detector: str, given: dict, net, policy: str,
                      min_prob: float, source_template: str) -> tuple[dict, dict, dict, list, list]:
-    "Images, landmarks and landmark source of each image in `chunk`, plus failures and kept detection probabilities"
+    "Images (with the NIR partner as a 4th channel in a paired set), landmarks and their source, failures, kept detection probabilities"
     imgs, marks, how, failures, probs = {}, {}, {}, [], []
+    paired = "nir" in ds.modalities
     for i in chunk:
-        try: imgs[i] = ds.load_image(i)
+        try: imgs[i] = np.concatenate([ds.load_image(i), ds.load_modality(i, "nir")], 2) if paired else ds.load_image(i)
         except (BadImageError, OSError) as e:
             failures.append({"image": names[i], "reason": UNREADABLE, "detail": str(e)}); continue
         if detector == "template": marks[i], how[i] = template_landmarks(imgs[i].shape[:2], source_template), "template"
@@ -215,7 +216,7 @@ def _chunk_landmarks(ds: FaceDataset, names: list[str], chunk: range, detector: 
     failures += [{"image": names[i], "reason": TOO_SMALL,
                   "detail": f"{imgs[i].shape[0]}x{imgs[i].shape[1]} < min_face_size {net.min_face_size}"} for i in small]
     todo = [i for i in todo if i not in small]
-    for i, (b, p, l) in zip(todo, detect_faces([imgs[i] for i in todo], net) if todo else []):
+    for i, (b, p, l) in zip(todo, detect_faces([imgs[i][..., :3] for i in todo], net) if todo else []):
         k, why = select_face(b, p, imgs[i].shape[:2], policy, min_prob)
         if k is None:
             failures.append({"image": names[i], "reason": why, "n_detections": len(p),
@@ -264,7 +265,8 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
                     if name in aligned:
                         failures.append({"image": names[i], "reason": "duplicate output name", "detail": name}); continue
                     (tmp/name).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp/name).write_bytes(encode_image(crop, image_format))
+                    (tmp/name).write_bytes(encode_image(crop[..., :3], image_format))
+                    if crop.shape[2] == 4: partner_path(tmp/name).write_bytes(encode_image(crop[..., 3], image_format))
                     aligned[name] = transform_points(m, marks[i])
                     sources[how[i]] += 1; per_class[ds.labels[i]] += 1
             bar.update(min(batch_size, len(ds) - start))
@@ -297,7 +299,8 @@ def _align_report(ds, source, out_dir, detector, template, size, policy, min_pro
     else:
         note = (f"detector=mtcnn (policy {policy}, min_prob {min_prob}); {sources['given']} images used landmarks from "
                 f"{lm_file} instead of detection." if given else f"detector=mtcnn (policy {policy}, min_prob {min_prob}).")
-    return {"source": str(getattr(ds, "root", source)), "output": str(out_dir), "detector": detector, "template": template,
+    return {"source": str(getattr(ds, "root", source)), "output": str(out_dir), "modalities": list(ds.modalities),
+            "detector": detector, "template": template,
             "output_size": list(size), "policy": policy, "min_prob": min_prob,
             "landmarks_file": str(lm_file) if lm_file is not None and given else None,
             "n_images": n_images, "n_aligned": n_aligned, "n_failed": len(failures),

@@ -19,9 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from .core import atomic_write, sample_rng
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'BadImageError', 'decode_image', 'encode_image', 'FaceDataset', 'to_float_images', 'to_uint8_images',
-           'resize_to', 'DataReport', 'scan_image_folder', 'ImageFolderDataset', 'dataset_statistics', 'image_grid',
-           'save_image', 'identity_grid', 'batch_indices', 'TrainingImages']
+__all__ = ['IMAGE_SUFFIXES', 'PARTNER_MODALITIES', 'MODALITY_CHANNELS', 'BadImageError', 'decode_image', 'encode_image',
+           'FaceDataset', 'to_float_images', 'to_uint8_images', 'resize_to', 'DataReport', 'partner_path', 'is_partner',
+           'scan_image_folder', 'image_size', 'check_partners', 'ImageFolderDataset', 'VisNirFolderDataset',
+           'load_modality_rgb', 'ModalityView', 'dataset_statistics', 'image_grid', 'save_image', 'identity_grid',
+           'batch_indices', 'TrainingImages']
 
 # %% ../nbs/01_data.ipynb #7ed74e0d
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -29,13 +31,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class BadImageError(ValueError):
     "An image file (or encoded buffer) that cannot be decoded"
 
-def decode_image(data: bytes | str | Path, source: str | None = None) -> np.ndarray:
-    "Decode an encoded image (bytes or a path) to a uint8 RGB array of shape (H, W, 3)"
+def decode_image(data: bytes | str | Path, source: str | None = None, mode: str = "RGB") -> np.ndarray:
+    "Decode an encoded image (bytes or a path) to a uint8 array: (H, W, 3) RGB, or (H, W, 1) with `mode='L'`"
     name = source or (str(data) if isinstance(data, (str, Path)) else "<bytes>")
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            a = np.asarray(im.convert(mode))
+            return a[..., None] if a.ndim == 2 else a
     except FileNotFoundError: raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BadImageError(f"{name}: cannot decode image ({e})") from None
@@ -53,6 +56,7 @@ class FaceDataset(torch.utils.data.Dataset, abc.ABC):
     "A labelled set of face images; subclasses implement `load_image`"
     labels: np.ndarray
     classes: list[str]
+    modalities: tuple[str, ...] = ("rgb",)
 
     @property
     def num_classes(self) -> int: return len(self.classes)
@@ -60,6 +64,14 @@ class FaceDataset(torch.utils.data.Dataset, abc.ABC):
     @abc.abstractmethod
     def load_image(self, i: int) -> np.ndarray:
         "Image `i` as a uint8 HWC RGB array"
+    def load_modalities(self, i: int) -> dict[str, np.ndarray]:
+        "Image `i` in every modality of the set: {'rgb': HxWx3, 'nir': HxWx1, ...} uint8 arrays"
+        return {"rgb": self.load_image(i)}
+    def load_modality(self, i: int, modality: str) -> np.ndarray:
+        "Image `i` in one `modality` (uint8 HWC, its own channels)"
+        if modality not in self.modalities:
+            raise KeyError(f"{self.source(i)}: no '{modality}' image; the set holds {', '.join(self.modalities)}")
+        return self.load_image(i) if modality == "rgb" else self.load_modalities(i)[modality]
     def encoded_image(self, i: int) -> bytes | None:
         "The stored encoded bytes of image `i` when the dataset keeps them (packing copies them as they are)"
         return None
@@ -96,6 +108,7 @@ class DataReport:
     n_identities: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)           # entries outside the layout: top-level files, hidden ones
+    partners: dict[str, str] = field(default_factory=dict)     # image path -> its NIR partner's path
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -105,12 +118,31 @@ class DataReport:
         return {"root": self.root, "n_images": self.n_images, "n_identities": self.n_identities,
                 "n_skipped": len(self.skipped), "skipped_by_reason": self.skipped_by_reason,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-                "n_ignored": len(self.ignored), "ignored": self.ignored}
+                "n_ignored": len(self.ignored), "ignored": self.ignored, "n_partners": len(self.partners)}
 
 # %% ../nbs/01_data.ipynb #78c92c09
 def _problem(report: DataReport, path: Path, reason: str, skip_bad: bool):
     if not skip_bad: raise BadImageError(f"{path}: {reason}")
     report.skipped.append((str(path), reason))
+
+PARTNER_MODALITIES = ("nir",)     # modalities stored as `<name>.<modality>.<ext>` beside the visible image
+
+def partner_path(path: str | Path, modality: str = "nir") -> Path:
+    "Where the `modality` partner of image `path` lies: `<name>.<modality>.<ext>` in the same folder"
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{modality}{p.suffix}")
+
+def is_partner(path: str | Path) -> bool:
+    "Whether `path` is a modality partner (`<name>.nir.<ext>`), never an image of its own"
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_SUFFIXES and Path(p.stem).suffix.lower()[1:] in PARTNER_MODALITIES
+
+def _undecodable(paths) -> tuple[Path, str] | None:
+    "The first of `paths` that does not decode, with the reason"
+    for p in paths:
+        try: decode_image(p)
+        except BadImageError as e: return p, str(e).removeprefix(f"{p}: ")   # the message already starts with the path
+    return None
 
 def scan_image_folder(root: str | Path, verify: bool = False, skip_bad: bool = False,
                       max_per_class: int | None = None) -> tuple[list[Path], np.ndarray, list[str], DataReport]:
@@ -124,19 +156,21 @@ def scan_image_folder(root: str | Path, verify: bool = False, skip_bad: bool = F
         if p.is_dir() and not p.name.startswith("."): idents.append(p)
         else: report.ignored.append(str(p))
     for ident in idents:
-        files = []
+        files, partners = [], {}
         for p in sorted(ident.iterdir()):
             if p.name.startswith("."): report.ignored.append(str(p))
+            elif is_partner(p) and p.is_file(): partners[p.with_name(Path(p.stem).stem)] = p
             else: files.append(p)
         good = []
         for f in files:
+            partner = partners.pop(f.with_suffix(""), None)
             if f.is_dir() or f.suffix.lower() not in IMAGE_SUFFIXES:
                 _problem(report, f, "not an image file (expected .jpg, .jpeg or .png)", skip_bad); continue
-            if verify:
-                try: decode_image(f)
-                except BadImageError as e:   # the message already starts with the path
-                    _problem(report, f, str(e).removeprefix(f"{f}: "), skip_bad); continue
+            if verify and (bad := _undecodable([f] + ([partner] if partner else []))):
+                _problem(report, *bad, skip_bad); continue
             good.append(f)
+            if partner: report.partners[str(f)] = str(partner)
+        for p in partners.values(): _problem(report, p, "NIR partner without its image", skip_bad)
         if max_per_class is not None: good = good[:max_per_class]
         if not good:
             _problem(report, ident, "identity folder has no images", skip_bad); continue
@@ -145,16 +179,114 @@ def scan_image_folder(root: str | Path, verify: bool = False, skip_bad: bool = F
     report.n_images, report.n_identities = len(paths), len(classes)
     return paths, np.asarray(labels, dtype=np.int64), classes, report
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    "(width, height) of an image file, read from its header"
+    try:
+        with Image.open(path) as im: return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{path}: cannot read image header ({e})") from None
+
+def check_partners(paths: Sequence[Path], partner_paths: Sequence[Path]):
+    "Raise naming both files when a partner's size differs from its image's (partners are pixel-aligned)"
+    for p, q in zip(paths, partner_paths):
+        if (a := image_size(p)) != (b := image_size(q)):
+            raise ValueError(f"{q}: NIR partner is {b[0]}x{b[1]} (WxH) but its image {p} is {a[0]}x{a[1]}; "
+                             "partners must be pixel-aligned")
+
+def _partners_of(paths: list[Path], partners: dict[str, str]) -> list[Path] | None:
+    "The partner of every image, None when no image has one; a set with only some partners is an error"
+    found = [partners.get(str(p)) for p in paths]
+    missing = [p for p, q in zip(paths, found) if q is None]
+    if len(missing) == len(paths): return None
+    if missing:
+        raise ValueError(f"{missing[0]}: its NIR partner {partner_path(missing[0])} is missing ({len(missing)} of "
+                         f"{len(paths)} images have none; a paired set needs a partner for every image)")
+    check_partners(paths, found := [Path(q) for q in found])
+    return found
+
 class ImageFolderDataset(FaceDataset):
-    "Face images stored as `root/<identity>/<image>.(jpg|png)`, in sorted order"
+    "Face images stored as `root/<identity>/<image>.(jpg|png)`, in sorted order, with NIR partners when every image has one"
     def __init__(self, root: str | Path, verify: bool = False, skip_bad: bool = False, max_per_class: int | None = None):
         self.root = Path(root)
         self.paths, self.labels, self.classes, self.report = scan_image_folder(root, verify, skip_bad, max_per_class)
+        self.partner_paths = _partners_of(self.paths, self.report.partners)
 
+    @property
+    def modalities(self) -> tuple[str, ...]: return ("rgb",) if self.partner_paths is None else ("rgb", "nir")
     def load_image(self, i: int) -> np.ndarray: return decode_image(self.paths[i])
+    def load_modality(self, i: int, modality: str) -> np.ndarray:
+        if modality == "nir" and self.partner_paths is not None: return decode_image(self.partner_paths[i], mode="L")
+        return super().load_modality(i, modality)
+    def load_modalities(self, i: int) -> dict[str, np.ndarray]: return {m: self.load_modality(i, m) for m in self.modalities}
     def encoded_image(self, i: int) -> bytes: return Path(self.paths[i]).read_bytes()
     def source(self, i: int) -> str: return str(self.paths[i])
     def __repr__(self): return f"ImageFolderDataset({self.root}: {len(self)} images, {self.num_classes} identities)"
+
+# %% ../nbs/01_data.ipynb #b88b9080
+class VisNirFolderDataset(ImageFolderDataset):
+    "ArcBiFaceGAN's layout: `<root>/VIS/<identity>_<sample>.(jpg|png)` and the NIR image of the same name in `<root>/NIR/`"
+    def __init__(self, root: str | Path, verify: bool = False, skip_bad: bool = False):
+        self.root, self.report = Path(root), DataReport(str(root))
+        vis_dir, nir_dir = self.root/"VIS", self.root/"NIR"
+        for d in (vis_dir, nir_dir):
+            if not d.is_dir(): raise FileNotFoundError(f"{d}: folder does not exist (ArcBiFaceGAN layout: <root>/VIS and <root>/NIR)")
+        listing = {}
+        for d in (vis_dir, nir_dir):
+            entries = sorted(d.iterdir())
+            self.report.ignored += [str(p) for p in entries if p.name.startswith(".")]
+            listing[d] = [p for p in entries if not p.name.startswith(".")]
+        for p in listing[vis_dir]:
+            if p.suffix.lower() not in IMAGE_SUFFIXES or "_" not in p.stem or p.is_dir():
+                raise BadImageError(f"{p}: not an ArcBiFaceGAN image (expected VIS/<identity>_<sample>.jpg|png)")
+            if not (nir_dir/p.name).is_file(): raise ValueError(f"{p}: its NIR image {nir_dir/p.name} is missing")
+        names = {p.name for p in listing[vis_dir]}
+        if orphan := next((p for p in listing[nir_dir] if p.name not in names), None):
+            raise ValueError(f"{orphan}: NIR image without its visible image {vis_dir/orphan.name}")
+        pairs = sorted(((p.stem.rsplit("_", 1)[0], p.name) for p in listing[vis_dir]))
+        if verify:
+            kept = []
+            for c, n in pairs:
+                if bad := _undecodable([vis_dir/n, nir_dir/n]): _problem(self.report, *bad, skip_bad)
+                else: kept.append((c, n))
+            pairs = kept
+        if not pairs: raise ValueError(f"{root}: no images in VIS/ (expected VIS/<identity>_<sample>.jpg|png)")
+        self.classes = sorted({c for c, _ in pairs})
+        self.labels = np.searchsorted(self.classes, [c for c, _ in pairs]).astype(np.int64)
+        self.paths, self.partner_paths = [vis_dir/n for _, n in pairs], [nir_dir/n for _, n in pairs]
+        check_partners(self.paths, self.partner_paths)
+        self.report.partners = {str(p): str(q) for p, q in zip(self.paths, self.partner_paths)}
+        self.report.n_images, self.report.n_identities = len(self.paths), len(self.classes)
+
+    def __repr__(self): return f"VisNirFolderDataset({self.root}: {len(self)} image pairs, {self.num_classes} identities)"
+
+# %% ../nbs/01_data.ipynb #8d89e60a
+def load_modality_rgb(ds: FaceDataset, i: int, modality: str) -> np.ndarray:
+    "Image `i` of `ds` in `modality` as a 3-channel uint8 HWC array (a one-channel image repeated)"
+    img = ds.load_modality(i, modality)
+    if img.shape[2] not in (1, 3): raise ValueError(f"{ds.source(i)}: '{modality}' image has {img.shape[2]} channels, expected 1 or 3")
+    return img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
+
+class ModalityView(FaceDataset):
+    "The images of `dataset` in each of `modalities`, every one 3-channel: item k·n + i is image i in modality k, same label"
+    def __init__(self, dataset: FaceDataset, modalities: Sequence[str] = ("rgb", "nir")):
+        missing = [m for m in modalities if m not in dataset.modalities]
+        if missing or not modalities:
+            raise ValueError(f"{dataset!r} holds {', '.join(dataset.modalities)}; cannot view {', '.join(missing) or 'no modality'}")
+        self.dataset, self.view_modalities = dataset, tuple(modalities)
+        self.labels, self.classes = np.tile(np.asarray(dataset.labels), len(modalities)), dataset.classes
+
+    def modality_of(self, j: int) -> tuple[str, int]:
+        "The modality item `j` shows and the index of its image in `dataset`"
+        k, i = divmod(int(j), len(self.dataset))
+        return self.view_modalities[k], i
+    def load_image(self, j: int) -> np.ndarray: return load_modality_rgb(self.dataset, *self.modality_of(j)[::-1])
+    def encoded_image(self, j: int) -> bytes | None:
+        m, i = self.modality_of(j)
+        return self.dataset.encoded_image(i) if m == "rgb" else None
+    def source(self, j: int) -> str:
+        m, i = self.modality_of(j)
+        return f"{self.dataset.source(i)} ({m})"
+    def __repr__(self): return f"ModalityView({self.dataset!r}, {self.view_modalities})"
 
 # %% ../nbs/01_data.ipynb #f9a25c82
 def dataset_statistics(ds: FaceDataset, sample: int = 64) -> dict:
@@ -205,18 +337,25 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
         out.extend(perm[offset: offset + batch_size - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
 
+MODALITY_CHANNELS = {"rgb": 3, "nir": 1}
+
 class TrainingImages(torch.utils.data.Dataset):
-    "A `FaceDataset` resized to `resolution` (uint8 CHW; None: as stored), cached in memory when small; items are (image, index)"
-    def __init__(self, dataset: FaceDataset, resolution: int | None, cache: bool | None = None, cache_limit: float = 2e9):
-        self.dataset, self.resolution = dataset, resolution
+    "A `FaceDataset` resized to `resolution` (uint8 CHW, `modalities` stacked on channels; None: as stored), cached when small; items are (image, index)"
+    def __init__(self, dataset: FaceDataset, resolution: int | None, cache: bool | None = None, cache_limit: float = 2e9,
+                 modalities: Sequence[str] = ("rgb",)):
+        if missing := [m for m in modalities if m not in dataset.modalities]:
+            raise ValueError(f"{dataset!r} holds {', '.join(dataset.modalities)}, not {', '.join(missing)}")
+        self.dataset, self.resolution, self.modalities = dataset, resolution, tuple(modalities)
+        self.channels = sum(MODALITY_CHANNELS[m] for m in self.modalities)
         self.labels = np.asarray(dataset.labels)
         if cache is None:  # CASIA-WebFace at 128 px is 24 GB
             pixels = resolution ** 2 if resolution else int(np.prod(dataset.load_image(0).shape[:2]))
-            cache = len(dataset) * 3 * pixels <= cache_limit
+            cache = len(dataset) * self.channels * pixels <= cache_limit
         self.cache = torch.stack([self._load(i) for i in range(len(dataset))]) if cache else None
 
     def _load(self, i: int) -> torch.Tensor:
-        img = torch.from_numpy(np.ascontiguousarray(self.dataset.load_image(i).transpose(2, 0, 1)))
+        stack = np.concatenate([self.dataset.load_modality(i, m) for m in self.modalities], axis=2)
+        img = torch.from_numpy(np.ascontiguousarray(stack.transpose(2, 0, 1)))
         if self.resolution is None or img.shape[1:] == (self.resolution, self.resolution): return img
         return resize_to(img[None].float(), (self.resolution, self.resolution))[0].round().clamp(0, 255).to(torch.uint8)
 
@@ -225,7 +364,7 @@ class TrainingImages(torch.utils.data.Dataset):
         return (self.cache[i] if self.cache is not None else self._load(i)), int(i)
 
     def take(self, idx) -> torch.Tensor:
-        "uint8 (n, 3, r, r) images at indices `idx`, from memory or decoded now"
+        "uint8 (n, C, r, r) images at indices `idx`, from memory or decoded now"
         idx = np.asarray(idx, dtype=np.int64)
         return self.cache[torch.from_numpy(idx)] if self.cache is not None else torch.stack([self._load(int(i)) for i in idx])
 

@@ -312,7 +312,7 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
 # %% ../nbs/08_pipeline.ipynb #11ff9611
 PROCEDURAL_DATA = {"authentic": dict(n_identities=128, images_per_identity=16, first_identity=0),
                    "heldout": dict(n_identities=48, images_per_identity=10, first_identity=100_000)}
-PROCEDURAL_DATA_OPTIONS = dict(seed=0, difficulty=1.0, image_format="jpg", quality=85)
+PROCEDURAL_DATA_OPTIONS = dict(seed=0, difficulty=1.0, image_format="jpg", quality=85, with_nir=True)
 
 def write_procedural_data(out: str | Path = "data", sets: dict[str, dict] = PROCEDURAL_DATA, progress: bool = True) -> dict[str, dict]:
     "Render each of `sets` (default: the data the repository ships) to `out/<name>`; returns the summaries"
@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check and changed: return 1
     elif args.command == "procedural-data":
         for s in write_procedural_data(args.out).values():
-            print(f"{s['root']}: {s['n_images']} images of {s['n_identities']} identities, {s['image_bytes'] / 1e6:.1f} MB")
+            print(f"{s['root']}: {s['n_images']} images of {s['n_identities']} identities, {s['image_bytes'] / 1e6:.1f} MB "
+                  f"(+ {s['nir_bytes'] / 1e6:.1f} MB of NIR partners)")
     return 0
 
 if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())  # not when run inside a notebook

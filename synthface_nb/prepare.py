@@ -20,7 +20,7 @@ __all__ = ['prepare_authentic']
 def prepare_authentic(authentic: str | Path, heldout: str | Path, out_dir: str | Path, n_pairs: int = 3000,
                       seed: int = 0, skip_bad: bool = False, benchmark_name: str = "procedural",
                       grid_identities: int = 8, grid_images: int = 8) -> dict:
-    "Validate the authentic and held-out sets, write statistics, a sample grid and the benchmark `.bin`"
+    "Validate the authentic and held-out sets, write statistics, a sample grid and the benchmark `.bin` (and a NIR-to-visible one for a paired held-out set)"
     train = open_face_dataset(authentic, verify=True, skip_bad=skip_bad)
     held = open_face_dataset(heldout, verify=True, skip_bad=skip_bad)
     shared = sorted(set(train.classes) & set(held.classes))
@@ -29,10 +29,16 @@ def prepare_authentic(authentic: str | Path, heldout: str | Path, out_dir: str |
                          f"(e.g. {', '.join(shared[:3])}); a benchmark must use unseen identities")
     stats = {"authentic": {**dataset_statistics(train), "report": train.report.as_dict()},
              "heldout": {**dataset_statistics(held), "report": held.report.as_dict()},
-             "benchmark": {"name": benchmark_name, "n_pairs": int(n_pairs), "seed": int(seed)}}
+             "benchmark": {"name": benchmark_name, "n_pairs": int(n_pairs), "seed": int(seed), "cross_modal": None}}
+    if "nir" in held.modalities:
+        stats["benchmark"]["cross_modal"] = {"name": f"{benchmark_name}_nir_vis", "probe": "nir", "gallery": "rgb",
+                                             "n_pairs": int(n_pairs), "seed": int(seed)}
     with atomic_dir(out_dir) as d:
         # verify=False: opening `held` with verify=True has decoded every image already
         write_benchmark_bin(held, d/"benchmarks"/f"{benchmark_name}.bin", n_pairs=n_pairs, seed=seed, verify=False)
+        if cross := stats["benchmark"]["cross_modal"]:
+            write_benchmark_bin(held, d/"benchmarks"/f"{cross['name']}.bin", n_pairs=n_pairs, seed=seed, verify=False,
+                                modalities=(cross["probe"], cross["gallery"]))
         save_image(d/"sample_grid.png", identity_grid(train, grid_identities, grid_images))
         write_json_atomic(d/"stats.json", stats)
     return stats

@@ -6,7 +6,6 @@ Docs: _docs/procedural.html (`make docs` builds it)"""
 
 # %% ../nbs/05_procedural.ipynb #d6f10aaa
 from __future__ import annotations
-import contextlib
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -15,7 +14,7 @@ import torch
 
 from .align import ARCFACE_TEMPLATE_112, transform_points, warp_affine, write_landmarks
 from .core import atomic_dir, sample_rng, write_json_atomic
-from .data import FaceDataset, encode_image
+from .data import FaceDataset, encode_image, partner_path
 from .runloop import progress_bar
 
 # %% auto #0
@@ -321,23 +320,21 @@ def render_faces(seed: int, identities: Sequence[int], indices: Sequence[int], d
 def write_procedural_dataset(root: str | Path, n_identities: int, images_per_identity: int, seed: int = 0,
                              difficulty: float = DEFAULT_DIFFICULTY, first_identity: int = 0, image_format: str = "jpg",
                              with_nir: bool = False, quality: int = 85, batch_size: int = 64, progress: bool = True) -> dict:
-    "Render an image folder `<root>/<identity>/<index>.<fmt>` with `landmarks.json`, atomically; returns a summary"
+    "Render an image folder `<root>/<identity>/<index>.<fmt>` (and `<index>.nir.<fmt>` partners) with `landmarks.json`, atomically; returns a summary"
     if n_identities < 1 or images_per_identity < 1:
         raise ValueError(f"{root}: need at least one identity and one image per identity, got {n_identities} x {images_per_identity}")
     if image_format not in ("jpg", "png"): raise ValueError(f"image_format must be 'jpg' or 'png', got '{image_format}'")
     root = Path(root)
-    nir_root = root.with_name(root.name + "_nir") if with_nir else None
     ids = np.repeat(np.arange(first_identity, first_identity + n_identities), images_per_identity)
     idx = np.tile(np.arange(images_per_identity), n_identities)
     names = [f"{i:06d}/{j:06d}.{image_format}" for i, j in zip(ids, idx)]
-    marks, nbytes = {}, 0
-    summary = {"root": str(root), "nir_root": str(nir_root) if nir_root else None, "seed": int(seed),
+    marks, nbytes, nir_bytes = {}, 0, 0
+    summary = {"root": str(root), "with_nir": bool(with_nir), "seed": int(seed),
                "difficulty": float(difficulty), "first_identity": int(first_identity), "n_identities": int(n_identities),
                "images_per_identity": int(images_per_identity), "n_images": len(names), "image_format": image_format,
                "quality": int(quality) if image_format == "jpg" else None, "template": "arcface_112",
                "note": "procedural drawings, not a face dataset"}
-    with atomic_dir(root) as d, (atomic_dir(nir_root) if with_nir else contextlib.nullcontext()) as dn, \
-         progress_bar(len(names), desc="render", enabled=progress) as bar:
+    with atomic_dir(root) as d, progress_bar(len(names), desc="render", enabled=progress) as bar:
         for s in range(0, len(names), batch_size):
             r = render_faces(seed, ids[s:s + batch_size], idx[s:s + batch_size], difficulty, batch_size)
             for k, name in enumerate(names[s:s + batch_size]):
@@ -346,18 +343,18 @@ def write_procedural_dataset(root: str | Path, n_identities: int, images_per_ide
                 (d/name).write_bytes(data); nbytes += len(data)
                 marks[name] = r.landmarks[k]
                 if with_nir:
-                    (dn/name).parent.mkdir(exist_ok=True)
-                    (dn/name).write_bytes(encode_image(r.nir[k], image_format, quality))
+                    data = encode_image(r.nir[k], image_format, quality)
+                    partner_path(d/name).write_bytes(data); nir_bytes += len(data)
             bar.update(len(names[s:s + batch_size]))
         write_landmarks(d/"landmarks.json", marks)
-        if with_nir: write_landmarks(dn/"landmarks.json", marks)
-        summary["image_bytes"] = nbytes
+        summary["image_bytes"], summary["nir_bytes"] = nbytes, nir_bytes
         write_json_atomic(d/"procedural.json", summary)
     return summary
 
 # %% ../nbs/05_procedural.ipynb #e1cf337e
 class ProceduralFaceDataset(FaceDataset):
-    "Procedural faces rendered on demand: `n_identities` × `images_per_identity`, labels 0…n-1"
+    "Procedural faces rendered on demand: `n_identities` × `images_per_identity`, labels 0…n-1, visible and NIR"
+    modalities = ("rgb", "nir")
     def __init__(self, n_identities: int, images_per_identity: int, seed: int = 0,
                  difficulty: float = DEFAULT_DIFFICULTY, first_identity: int = 0):
         self.seed, self.difficulty, self.per_identity = seed, difficulty, images_per_identity
@@ -370,6 +367,9 @@ class ProceduralFaceDataset(FaceDataset):
         return render_faces(self.seed, [self.first_identity + int(self.labels[i])], [i % self.per_identity], self.difficulty)
 
     def load_image(self, i: int) -> np.ndarray: return self.render(i).images[0]
+    def load_modalities(self, i: int) -> dict[str, np.ndarray]:
+        r = self.render(i)
+        return {"rgb": r.images[0], "nir": r.nir[0][..., None]}
     def __repr__(self): return f"ProceduralFaceDataset({self.num_classes} identities x {self.per_identity}, difficulty {self.difficulty})"
 
 # %% ../nbs/05_procedural.ipynb #4a1b007f

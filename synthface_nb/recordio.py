@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .core import atomic_write, write_text_atomic
-from .data import BadImageError, DataReport, FaceDataset, ImageFolderDataset, decode_image, encode_image
+from .data import BadImageError, DataReport, FaceDataset, ImageFolderDataset, VisNirFolderDataset, decode_image, encode_image
 
 # %% auto #0
 __all__ = ['RECORD_MAGIC', 'IR_FORMAT', 'IR_SIZE', 'RecordIOError', 'frame_record', 'read_record_at', 'iter_records', 'map_file',
@@ -347,11 +347,14 @@ def write_recordio_dataset(ds: FaceDataset, out_dir: str | Path, image_format: s
 # %% ../nbs/02_recordio.ipynb #ef9ec6db
 def open_face_dataset(path: str | Path, verify: bool = False, skip_bad: bool = False,
                       max_per_class: int | None = None) -> FaceDataset:
-    "An `ImageFolderDataset`, or a `RecordIODataset` for a `.rec` file or a folder holding `train.rec`"
+    "An `ImageFolderDataset`; a `RecordIODataset` for a `.rec` file or a folder holding `train.rec`; a `VisNirFolderDataset` for one holding `VIS/` and `NIR/`"
     p = Path(path)
     if p.suffix.lower() == ".bin" and not p.is_dir():
         raise ValueError(f"{p}: a .bin file is an insightface verification benchmark (image pairs with same/different "
                          "flags), not a face dataset of identities; load it with synthface_nb.verification.load_benchmark")
+    if (p/"VIS").is_dir() and (p/"NIR").is_dir():
+        if max_per_class is not None: raise ValueError(f"{p}: max_per_class applies to identity folders, not to the VIS/NIR layout")
+        return VisNirFolderDataset(p, verify=verify, skip_bad=skip_bad)
     rec = p if p.suffix == ".rec" else p/"train.rec"
     if not rec.is_file():
         return ImageFolderDataset(p, verify=verify, skip_bad=skip_bad, max_per_class=max_per_class)

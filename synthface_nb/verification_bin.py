@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .core import atomic_write, sample_rng
-from .data import BadImageError, FaceDataset
+from .data import BadImageError, FaceDataset, ModalityView
 from .recordio import encoded_image
 
 # %% auto #0
@@ -278,11 +278,13 @@ def make_verification_pairs(labels: Sequence[int], n_pairs: int, seed: int, n_fo
 # %% ../nbs/03_verification_bin.ipynb #41b91b96
 def write_benchmark_bin(ds: FaceDataset, path: str | Path, n_pairs: int, seed: int, image_format: str = "jpg",
                         identities: Sequence[int] | None = None, quality: int = 95,
-                        disjoint_folds: bool | None = None, verify: bool = True) -> Path:
-    "Write a verification `.bin` of `n_pairs` LFW-style pairs drawn from `ds` (optionally only `identities`)"
+                        disjoint_folds: bool | None = None, verify: bool = True,
+                        modalities: tuple[str, str] = ("rgb", "rgb")) -> Path:
+    "Write a verification `.bin` of `n_pairs` LFW-style pairs drawn from `ds` (optionally only `identities`), each pair's images in `modalities`"
     pool = np.arange(len(ds)) if identities is None else np.flatnonzero(np.isin(ds.labels, np.asarray(identities)))
     if not len(pool): raise ValueError(f"{path}: no images of the requested identities in the dataset")
     pairs, issame = make_verification_pairs(ds.labels[pool], n_pairs, seed, disjoint_folds=disjoint_folds)
-    pairs = pool[pairs]
-    cache = {int(i): encoded_image(ds, int(i), image_format, quality, verify) for i in np.unique(pairs)}
+    view = ModalityView(ds, tuple(dict.fromkeys(modalities)))   # a one-channel modality as three equal channels
+    pairs = pool[pairs] + [view.view_modalities.index(m) * len(ds) for m in modalities]
+    cache = {int(i): encoded_image(view, int(i), image_format, quality, verify) for i in np.unique(pairs)}
     return write_bin(path, [cache[int(i)] for i in pairs.ravel()], issame)

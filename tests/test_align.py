@@ -66,8 +66,10 @@ def test_user_landmark_file_skips_detection_and_dataset_without_files(tmp_path):
     direct = align_dataset(ds, tmp_path / "direct", detector="template", image_format="png", progress=False)
     assert direct["n_aligned"] == 4
     assert sorted(p.relative_to(tmp_path / "direct").as_posix() for p in (tmp_path / "direct").rglob("*.png")) == \
-        ["000000/000000.png", "000000/000001.png", "000001/000002.png", "000001/000003.png"]
+        ["000000/000000.nir.png", "000000/000000.png", "000000/000001.nir.png", "000000/000001.png",
+         "000001/000002.nir.png", "000001/000002.png", "000001/000003.nir.png", "000001/000003.png"]   # procedural sets carry NIR
     assert np.array_equal(decode_image(tmp_path / "direct" / "000001" / "000003.png"), ds.load_image(3))
+    assert np.array_equal(decode_image(tmp_path / "direct" / "000001" / "000003.nir.png")[..., 0], ds.render(3).nir[0])
 
 
 def test_stopped_stage_keeps_previous_output(tmp_path):

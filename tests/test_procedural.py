@@ -1,6 +1,6 @@
 """The procedural face set as files: byte-identical across processes and thread counts, rewritable
-atomically, within the size budget of the embedded data, with paired NIR folders; the shipped data is
-what `python -m synthface_nb.pipeline procedural-data` renders."""
+atomically, within the size budget of the embedded data, with NIR partners beside the images; the shipped
+data is what `python -m synthface_nb.pipeline procedural-data` renders."""
 import hashlib
 import json
 import subprocess
@@ -11,11 +11,12 @@ import numpy as np
 import yaml
 
 from synthface_nb.align import read_landmarks
-from synthface_nb.data import ImageFolderDataset, decode_image, encode_image
+from synthface_nb.data import ImageFolderDataset, decode_image, encode_image, partner_path
 from synthface_nb.pipeline import PROCEDURAL_DATA, PROCEDURAL_DATA_OPTIONS
 from synthface_nb.procedural import render_faces, write_procedural_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+DATA_BUDGET = 16e6   # bytes of data/: visible images (~8 MB) and their NIR partners (~7 MB)
 
 TRIPLES = ([0, 5, 17, 1000], [0, 3, 11, 2])
 
@@ -48,22 +49,22 @@ def test_rewrite_gives_identical_files_and_replaces_the_folder(tmp_path):
 
 
 def test_default_set_fits_the_data_budget(tmp_path):
-    # The embedded data (data/ <= 10 MB) holds ~120 x 16 training and ~40 x 10 held-out images.
-    s = write_procedural_dataset(tmp_path / "s", 16, 4, seed=0, progress=False)
-    per_image = s["image_bytes"] / s["n_images"]
+    # The embedded data holds 128 x 16 training and 48 x 10 held-out faces, each a visible image and its NIR partner.
+    s = write_procedural_dataset(tmp_path / "s", 16, 4, seed=0, with_nir=True, progress=False)
+    per_face = (s["image_bytes"] + s["nir_bytes"]) / s["n_images"]
     landmarks = (tmp_path / "s" / "landmarks.json").stat().st_size / s["n_images"]
-    assert (per_image + landmarks) * (120 * 16 + 40 * 10) < 10e6, (per_image, landmarks)
+    assert (per_face + landmarks) * (128 * 16 + 48 * 10) < DATA_BUDGET, (per_face, landmarks)
 
 
-def test_nir_folder_pairs_with_visible_folder(tmp_path):
-    write_procedural_dataset(tmp_path / "vis", 2, 3, seed=4, first_identity=50, image_format="png", with_nir=True, progress=False)
-    vis, nir = ImageFolderDataset(tmp_path / "vis"), ImageFolderDataset(tmp_path / "vis_nir")
-    assert vis.classes == nir.classes == ["000050", "000051"]
-    r = render_faces(4, [51], [2])
-    assert np.array_equal(decode_image(tmp_path / "vis" / "000051" / "000002.png"), r.images[0])
-    gray = decode_image(tmp_path / "vis_nir" / "000051" / "000002.png")
-    assert np.array_equal(gray[..., 0], r.nir[0]) and np.array_equal(gray[..., 0], gray[..., 2])
-    assert read_landmarks(tmp_path / "vis" / "landmarks.json").keys() == read_landmarks(tmp_path / "vis_nir" / "landmarks.json").keys()
+def test_nir_partners_lie_beside_their_images(tmp_path):
+    s = write_procedural_dataset(tmp_path / "vis", 2, 3, seed=4, first_identity=50, image_format="png", with_nir=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["vis"]                  # no sibling folder
+    ds = ImageFolderDataset(tmp_path / "vis", verify=True)
+    assert (ds.classes, len(ds), ds.modalities, s["with_nir"]) == (["000050", "000051"], 6, ("rgb", "nir"), True)
+    assert ds.partner_paths[5] == tmp_path / "vis" / "000051" / "000002.nir.png"
+    r, faces = render_faces(4, [51], [2]), ds.load_modalities(5)
+    assert np.array_equal(faces["rgb"], r.images[0]) and np.array_equal(faces["nir"][..., 0], r.nir[0])
+    assert sorted(read_landmarks(tmp_path / "vis" / "landmarks.json")) == [p.relative_to(tmp_path / "vis").as_posix() for p in ds.paths]
 
 
 def _shipped_data():
@@ -76,14 +77,15 @@ def _shipped_data():
 def test_shipped_data_is_what_the_recipe_renders():
     # read from the remote, not data/: a fresh clone has no data/ before `dvc pull`
     stored, out = _shipped_data()
-    assert out["size"] < 10e6 and out["nfiles"] == len(stored)
+    assert out["size"] < DATA_BUDGET and out["nfiles"] == len(stored)
     assert sum(p.stat().st_size for p in stored.values()) == out["size"]
     opts = PROCEDURAL_DATA_OPTIONS
     for name, spec in PROCEDURAL_DATA.items():
         meta = json.loads(stored[f"{name}/procedural.json"].read_text())
         assert {k: meta[k] for k in (*spec, *opts)} == {**spec, **opts}
-        images = sorted(p for p in stored if p.startswith(f"{name}/") and p.endswith(".jpg"))
-        assert len(images) == spec["n_identities"] * spec["images_per_identity"]
+        images = sorted(p for p in stored if p.startswith(f"{name}/") and p.endswith(".jpg") and ".nir." not in p)
+        partners = sorted(p for p in stored if p.startswith(f"{name}/") and p.endswith(".nir.jpg"))
+        assert len(images) == len(partners) == spec["n_identities"] * spec["images_per_identity"]
         ids = spec["first_identity"] + np.array([0, spec["n_identities"] - 1, 7])    # a few images, rendered now
         idx = np.array([0, spec["images_per_identity"] - 1, 3])
         r = render_faces(opts["seed"], ids, idx, opts["difficulty"])
@@ -91,4 +93,6 @@ def test_shipped_data_is_what_the_recipe_renders():
         for k, (i, j) in enumerate(zip(ids, idx)):
             rel = f"{i:06d}/{j:06d}.{opts['image_format']}"
             assert stored[f"{name}/{rel}"].read_bytes() == encode_image(r.images[k], opts["image_format"], opts["quality"]), rel
+            nir = partner_path(f"{name}/{rel}").as_posix()
+            assert stored[nir].read_bytes() == encode_image(r.nir[k], opts["image_format"], opts["quality"]), nir
             assert np.abs(marks[rel] - r.landmarks[k]).max() < 1e-3, rel
