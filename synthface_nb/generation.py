@@ -20,7 +20,7 @@ from .generators import FaceGenerator, load_generator, seed_policies
 from .runloop import progress_bar
 
 # %% auto #0
-__all__ = ['identity_groups', 'identity_dir', 'modality_file_name', 'write_modalities', 'check_generation_spec',
+__all__ = ['identity_groups', 'identity_dir', 'modality_file_name', 'write_modalities', 'manifest_paths', 'check_generation_spec',
            'write_generated_dataset', 'finalize_manifest', 'read_manifest', 'generate_from_checkpoint', 'main']
 
 # %% ../nbs/24_generation.ipynb #1a0b5d80
@@ -47,6 +47,11 @@ def write_modalities(folder: Path, index: int, image: torch.Tensor, slices: dict
         names[modality] = modality_file_name(index, modality)
         (folder / names[modality]).write_bytes(encode_image(hwc if hwc.shape[2] == 3 else hwc[..., 0]))
     return names
+
+def manifest_paths(identity: int, names: dict[str, str]) -> dict:
+    "The `path` (RGB) and, for a paired set, `partners` entries of an image's manifest record"
+    partners = {m: f"{identity:06d}/{n}" for m, n in names.items() if m != "rgb"}
+    return {"path": f"{identity:06d}/{names['rgb']}", **({"partners": partners} if partners else {})}
 
 # %% ../nbs/24_generation.ipynb #052d34f2
 def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, seed: int, seed_policy: str,
@@ -96,11 +101,9 @@ def _write_group(generator, group, pending, out_dir, per_identity, seed, policy,
             if output_size is not None: imgs = resize_to(imgs, (output_size, output_size))
             for (k, i), sv, im in zip(chunk, sd, to_uint8_images(imgs)):
                 if k not in tmp: continue
-                names = write_modalities(tmp[k], i, im, slices)
-                partners = {m: f"{k:06d}/{n}" for m, n in names.items() if m != "rgb"}
-                manifests[k].append(json.dumps({"identity": k, "index": i, "path": f"{k:06d}/{names['rgb']}",
-                                                **({"partners": partners} if partners else {}), "seed": sv,
-                                                "truncation_psi": psi, "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
+                paths = manifest_paths(k, write_modalities(tmp[k], i, im, slices))
+                manifests[k].append(json.dumps({"identity": k, "index": i, **paths, "seed": sv, "truncation_psi": psi,
+                                                "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
         for k, lines in manifests.items(): (tmp[k] / ".manifest.jsonl").write_text("".join(lines))
     return sum(len(lines) for lines in manifests.values())
 
