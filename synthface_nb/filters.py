@@ -11,12 +11,15 @@ from collections import Counter
 
 import numpy as np
 
-from .core import Registry
+from .align import detect_faces
+from .core import Registry, sample_rng
 from .fr_models import best_matches, class_centres
 
 # %% auto #0
 __all__ = ['filters', 'ARCBIFACEGAN_MU', 'ARCBIFACEGAN_SIGMA', 'EmbeddingFilter', 'reason_counts', 'arcbifacegan_thresholds',
-           'PrivacyDiversityFilter', 'LeakageFilter']
+           'genuine_score_statistics', 'identity_reason', 'sample_reason', 'PrivacyDiversityRule',
+           'PrivacyDiversityFilter', 'face_is_centred', 'face_detection_reason', 'face_detection_check',
+           'LeakageFilter']
 
 # %% ../nbs/46_filters.ipynb #d64ac385
 filters = Registry("filter")
@@ -50,59 +53,149 @@ def arcbifacegan_thresholds(mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFAC
     "ArcBiFaceGAN's (same-identity, too-similar) cosine thresholds: (mu - 2 sigma, mu + sigma)"
     return mu - 2 * sigma, mu + sigma
 
+# %% ../nbs/46_filters.ipynb #3901e55d
+def genuine_score_statistics(embeddings: np.ndarray, labels: np.ndarray, max_pairs: int = 10_000_000,
+                             seed: int = 0) -> tuple[float, float]:
+    "Mean and standard deviation of the same-identity cosines: all pairs, or `max_pairs` pairs sampled uniformly"
+    e, labels = _unit(embeddings), np.asarray(labels)
+    if len(e) != len(labels): raise ValueError(f"{len(e)} embeddings but {len(labels)} labels")
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    pairs = counts * (counts - 1) // 2
+    if not pairs.sum(): raise ValueError("no identity has two images: genuine statistics are undefined")
+    order, start = np.argsort(inv, kind="stable"), np.r_[0, np.cumsum(counts)[:-1]]
+    if pairs.sum() <= max_pairs:
+        scores = np.concatenate([(m @ m.T)[np.triu_indices(len(m), 1)]
+                                 for s, n in zip(start, counts) if n > 1 for m in [e[order[s:s + n]]]])
+    else:
+        rng = sample_rng(seed, 11)
+        cls = rng.choice(len(counts), size=max_pairs, p=pairs / pairs.sum())
+        i = rng.integers(0, counts[cls]); j = (i + 1 + rng.integers(0, counts[cls] - 1)) % counts[cls]
+        scores = np.einsum("nd,nd->n", e[order[start[cls] + i]], e[order[start[cls] + j]])
+    scores = scores.astype(np.float64)
+    return float(scores.mean()), float(scores.std())
+
+# %% ../nbs/46_filters.ipynb #bcb76190
+def identity_reason(ref_i: int, ref_c: float, acc_label, acc_c: float, same_identity: float) -> str:
+    "Why a candidate identity is refused, from the |cos| of its first sample to the closest reference and accepted identity"
+    if ref_c > same_identity: return f"identity_not_private: |cos| {ref_c:.3f} > {same_identity:.3f} to authentic identity {ref_i}"
+    if acc_c > same_identity: return f"identity_not_separable: |cos| {acc_c:.3f} > {same_identity:.3f} to accepted identity {acc_label}"
+    return ""
+
+def sample_reason(other_c: float, first_c: float, kept_c: float, same_identity: float, too_similar: float) -> str:
+    "Why a later sample is refused, from its |cos| to the closest other identity and to its first sample, and max cos to kept samples"
+    if other_c > same_identity: return f"not_unique: |cos| {other_c:.3f} > {same_identity:.3f} to another identity"
+    if first_c < same_identity: return f"inconsistent: |cos| {first_c:.3f} < {same_identity:.3f} to the first sample"
+    if kept_c > too_similar: return f"too_similar: cos {kept_c:.3f} > {too_similar:.3f} to a kept sample"
+    return ""
+
+# %% ../nbs/46_filters.ipynb #6cd7204a
+class PrivacyDiversityRule:
+    "ArcBiFaceGAN's privacy & diversity rule, one candidate at a time: state = reference + accepted identities"
+    def __init__(self, reference: np.ndarray | None = None, mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFACEGAN_SIGMA):
+        self.reference = _unit(reference) if reference is not None else np.zeros((0, 0), np.float32)
+        self.same_identity, self.too_similar = arcbifacegan_thresholds(mu, sigma)
+        self._accepted, self.accepted_labels = np.zeros((0, 0), np.float32), []
+
+    @property
+    def accepted(self) -> np.ndarray:
+        "First samples (unit) of the accepted identities, in order of acceptance"
+        return self._accepted[:len(self.accepted_labels)]
+
+    def accept_identity(self, first: np.ndarray, label=None) -> None:
+        "Add a completed identity, represented by its first sample (and named `label` in reasons)"
+        f, n = _unit(first).reshape(-1), len(self.accepted_labels)
+        if n == len(self._accepted):  # grow by doubling: accepting n identities costs O(n d), not O(n² d)
+            grown = np.zeros((max(16, 2 * n), len(f)), np.float32)
+            if n: grown[:n] = self.accepted
+            self._accepted = grown
+        self._accepted[n] = f
+        self.accepted_labels.append(n if label is None else label)
+
+    def nearest_identities(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        "Index and |cos| of each embedding's closest reference identity, then label and |cos| of its closest accepted one"
+        e = _unit(np.atleast_2d(embeddings))
+        if self.reference.size and self.reference.shape[1] != e.shape[1]:
+            raise ValueError(f"reference features are {self.reference.shape[1]}-d, embeddings {e.shape[1]}-d")
+        if not len(e): return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0)
+        ref_i, ref_c = _max_abs_cos(e, self.reference)
+        acc_i, acc_c = _max_abs_cos(e, self.accepted)
+        return ref_i, ref_c, np.asarray(self.accepted_labels + [-1])[acc_i], acc_c   # index -1: none accepted yet
+
+    def check_first(self, embedding: np.ndarray) -> str:
+        "Why the identity whose first sample is `embedding` is refused (privacy, separability); '' to go on"
+        ref_i, ref_c, acc_l, acc_c = self.nearest_identities(embedding)
+        return identity_reason(ref_i[0], ref_c[0], acc_l[0], acc_c[0], self.same_identity)
+
+    def check_sample(self, embedding: np.ndarray, first: np.ndarray, kept: np.ndarray, other_c: float | None = None) -> str:
+        "Why a later sample is refused (unique, consistent, diverse) given its identity's first and kept samples; '' to keep"
+        e = _unit(embedding).reshape(-1)
+        if other_c is None:   # a caller judging many samples passes it from one `nearest_identities` call
+            _, ref_c, _, acc_c = self.nearest_identities(e)
+            other_c = max(ref_c[0], acc_c[0])
+        return sample_reason(other_c, abs(float(_unit(first).reshape(-1) @ e)), float((_unit(kept) @ e).max()),
+                             self.same_identity, self.too_similar)
+
 # %% ../nbs/46_filters.ipynb #f2be39a3
 @filters.register("privacy_diversity")
 class PrivacyDiversityFilter(EmbeddingFilter):
-    "ArcBiFaceGAN's identity-level privacy/separability and sample-level consistency/diversity rule"
+    "ArcBiFaceGAN's rule on a finished set: replays its samples, in order, through a `PrivacyDiversityRule`"
     def __init__(self, reference: np.ndarray | None = None, mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFACEGAN_SIGMA,
                  samples_per_id: int | None = None):
-        self.reference = _unit(reference) if reference is not None else np.zeros((0, 1), np.float32)
+        self.reference = _unit(reference) if reference is not None else None
+        self.mu, self.sigma, self.samples_per_id = mu, sigma, samples_per_id
         self.same_identity, self.too_similar = arcbifacegan_thresholds(mu, sigma)
-        self.samples_per_id = samples_per_id
 
     def keep(self, embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
         e, labels = _unit(embeddings), np.asarray(labels)
         if len(e) != len(labels): raise ValueError(f"{len(e)} embeddings but {len(labels)} labels")
-        if len(self.reference) and self.reference.shape[1] != e.shape[1]:
-            raise ValueError(f"reference features are {self.reference.shape[1]}-d, embeddings {e.shape[1]}-d")
-        thr, hi = self.same_identity, self.too_similar
-        ref_i, ref_c = _max_abs_cos(e, self.reference)
+        rule = PrivacyDiversityRule(self.reference, self.mu, self.sigma)
         mask, reasons = np.zeros(len(e), bool), [""] * len(e)
-        _, first_pos, inv = np.unique(labels, return_index=True, return_inverse=True)
+        uniq, first_pos, inv = np.unique(labels, return_index=True, return_inverse=True)
         members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])   # ascending, per identity
-        accepted = np.empty((len(first_pos), e.shape[1]), np.float32)   # first samples of accepted identities
-        n_acc = 0
         for u in np.argsort(first_pos):                 # identities in order of first appearance
-            idx, acc = members[u], accepted[:n_acc]
+            idx = members[u]
             first = e[idx[0]]
-            acc_cos = np.abs(acc @ first)
-            why = (f"identity_not_private: |cos| {ref_c[idx[0]]:.3f} > {thr:.3f} to authentic identity {ref_i[idx[0]]}"
-                   if ref_c[idx[0]] > thr else
-                   f"identity_not_separable: |cos| {acc_cos.max():.3f} > {thr:.3f} to accepted identity {int(acc_cos.argmax())}"
-                   if len(acc_cos) and acc_cos.max() > thr else "")
-            if why:
+            if why := rule.check_first(first):
                 for i in idx: reasons[i] = why if i == idx[0] else "identity_rejected: its first sample failed"
                 continue
+            # the accepted identities do not change within an identity: one pass for all its later samples
+            _, ref_c, _, acc_c = rule.nearest_identities(e[idx[1:]])
             kept = [idx[0]]
-            # the accepted identities do not change within an identity: one product for all its later samples
-            later_acc = np.abs(e[idx[1:]] @ acc.T).max(1) if n_acc else np.zeros(len(idx) - 1)
-            for i, a_c in zip(idx[1:], later_acc):
-                s = e[i]
+            for i, other_c in zip(idx[1:], np.maximum(ref_c, acc_c)):
                 if self.samples_per_id and len(kept) >= self.samples_per_id:
                     reasons[i] = f"enough_samples: identity already has {self.samples_per_id}"
-                elif ref_c[i] > thr or a_c > thr:
-                    reasons[i] = f"not_unique: |cos| {max(ref_c[i], a_c):.3f} > {thr:.3f} to another identity"
-                elif abs(float(s @ first)) < thr:
-                    reasons[i] = f"inconsistent: |cos| {abs(float(s @ first)):.3f} < {thr:.3f} to the first sample"
-                elif (c := float((e[kept] @ s).max())) > hi:
-                    reasons[i] = f"too_similar: cos {c:.3f} > {hi:.3f} to a kept sample"
+                elif why := rule.check_sample(e[i], first, e[kept], other_c=other_c): reasons[i] = why
                 else: kept.append(i)
             if self.samples_per_id and len(kept) < self.samples_per_id:
                 for i in kept: reasons[i] = f"too_few_samples: {len(kept)} of {self.samples_per_id} passed"
                 continue
             mask[kept] = True
-            accepted[n_acc] = first; n_acc += 1
+            rule.accept_identity(first, label=uniq[u])
         return mask, reasons
+
+# %% ../nbs/46_filters.ipynb #bcfe134c
+def face_is_centred(landmarks: np.ndarray) -> bool:
+    "ArcBiFaceGAN's centred-face test on 5 (x, y) landmarks (left eye, right eye, nose, mouth corners)"
+    p = np.asarray(landmarks, np.float64).reshape(5, 2)
+    left, right = p[0, 0] - p[2, 0], p[1, 0] - p[2, 0]
+    return bool(abs(left + right) < (abs(left) + abs(right)) / 3)
+
+def face_detection_reason(probabilities: np.ndarray | None, landmarks: np.ndarray | None,
+                          min_probability: float = 0.97) -> str:
+    "Why an image fails ArcBiFaceGAN's face test, from a detector's face probabilities and (k, 5, 2) landmarks; '' if it passes"
+    probs = np.zeros(0) if probabilities is None else np.atleast_1d(np.asarray(probabilities, np.float64))
+    if not len(probs): return "no_face: the detector found no face"
+    best = int(probs.argmax())
+    if probs[best] < min_probability: return f"face_unlikely: probability {probs[best]:.3f} < {min_probability}"
+    if not face_is_centred(np.asarray(landmarks)[best]): return "face_not_centred: the nose is not between the eyes"
+    return ""
+
+def face_detection_check(detector, min_probability: float = 0.97):
+    "A first-sample check `image (uint8 HWC RGB) -> reason` that runs `detector` (e.g. `align.load_mtcnn()`)"
+    def check(image: np.ndarray) -> str:
+        _, probs, landmarks = detect_faces([image], detector)[0]
+        return face_detection_reason(probs, landmarks, min_probability)
+    return check
 
 # %% ../nbs/46_filters.ipynb #c4d38dfb
 @filters.register("leakage")

@@ -20,7 +20,8 @@ from .generators import FaceGenerator, load_generator, seed_policies
 from .runloop import progress_bar
 
 # %% auto #0
-__all__ = ['identity_groups', 'write_generated_dataset', 'finalize_manifest', 'read_manifest', 'generate_from_checkpoint', 'main']
+__all__ = ['identity_groups', 'identity_dir', 'modality_file_name', 'write_modalities', 'manifest_paths', 'check_generation_spec',
+           'write_generated_dataset', 'finalize_manifest', 'read_manifest', 'generate_from_checkpoint', 'main']
 
 # %% ../nbs/24_generation.ipynb #1a0b5d80
 def identity_groups(identities: Sequence[int], per_identity: int, batch_size: int) -> list[list[int]]:
@@ -29,7 +30,28 @@ def identity_groups(identities: Sequence[int], per_identity: int, batch_size: in
     ids = [int(i) for i in identities]
     return [ids[s:s + k] for s in range(0, len(ids), k)]
 
-def _class_dir(root: Path, identity: int) -> Path: return root / f"{identity:06d}"
+def identity_dir(root: Path, identity: int) -> Path:
+    "The folder of `identity` in a generated set"
+    return root / f"{identity:06d}"
+
+# %% ../nbs/24_generation.ipynb #ed008afb
+def modality_file_name(index: int, modality: str) -> str:
+    "File name of image `index` of a generated identity in `modality`: the RGB image or its partner"
+    return f"{index:06d}.png" if modality == "rgb" else f"{index:06d}.{modality}.png"
+
+def write_modalities(folder: Path, index: int, image: torch.Tensor, slices: dict[str, slice]) -> dict[str, str]:
+    "Write one uint8 (C, H, W) generated image as its RGB file and its partners; the file name of each modality"
+    names = {}
+    for modality, sl in slices.items():
+        hwc = image[sl].permute(1, 2, 0).numpy()
+        names[modality] = modality_file_name(index, modality)
+        (folder / names[modality]).write_bytes(encode_image(hwc if hwc.shape[2] == 3 else hwc[..., 0]))
+    return names
+
+def manifest_paths(identity: int, names: dict[str, str]) -> dict:
+    "The `path` (RGB) and, for a paired set, `partners` entries of an image's manifest record"
+    partners = {m: f"{identity:06d}/{n}" for m, n in names.items() if m != "rgb"}
+    return {"path": f"{identity:06d}/{names['rgb']}", **({"partners": partners} if partners else {})}
 
 # %% ../nbs/24_generation.ipynb #052d34f2
 def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, seed: int, seed_policy: str,
@@ -42,7 +64,7 @@ def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, se
                            "last": int(ids[-1]) if len(ids) else None,
                            "sum": int(ids.sum()), "sum_sq": int((ids ** 2).sum())}}
 
-def _check_spec(path: Path, spec: dict, on_change: str, folders: list[Path], world_size: int) -> None:
+def check_generation_spec(path: Path, spec: dict, on_change: str, folders: list[Path], world_size: int) -> None:
     "Write the spec of a new generation; accept the same spec (resume); on a different one raise or start over"
     if path.exists():
         try:
@@ -61,7 +83,7 @@ def _check_spec(path: Path, spec: dict, on_change: str, folders: list[Path], wor
     write_json_atomic(path, spec)
 
 # %% ../nbs/24_generation.ipynb #858b67cf
-def _write_group(generator, group, pending, out_dirs, per_identity, seed, policy, psi, noise_mode, batch_size,
+def _write_group(generator, group, pending, out_dir, per_identity, seed, policy, psi, noise_mode, batch_size,
                  output_size, gen_kwargs):
     "Generate every image of `group` (fixed batch composition); write those of `pending` identities atomically"
     slices = generator.modality_slices()
@@ -69,8 +91,7 @@ def _write_group(generator, group, pending, out_dirs, per_identity, seed, policy
     items = [(k, i) for k in group for i in range(per_identity)]
     manifests = {k: [] for k in pending}
     with contextlib.ExitStack() as stack:
-        tmp = {m: {k: stack.enter_context(atomic_dir(_class_dir(out_dirs[m], k))) for k in pending}
-               for m in out_dirs}  # the main modality's folders are entered first, so renamed last
+        tmp = {k: stack.enter_context(atomic_dir(identity_dir(out_dir, k))) for k in pending}
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
             ks = [k for k, _ in chunk]
@@ -78,15 +99,12 @@ def _write_group(generator, group, pending, out_dirs, per_identity, seed, policy
             imgs = generator.generate(generator.identity_conditions(ks, seed), sd, truncation_psi=psi,
                                       noise_mode=noise_mode, **gen_kwargs)
             if output_size is not None: imgs = resize_to(imgs, (output_size, output_size))
-            for m, sl in slices.items():
-                u8 = to_uint8_images(imgs[:, sl]).permute(0, 2, 3, 1).numpy()
-                for (k, i), im in zip(chunk, u8):
-                    if k in tmp[m]: (tmp[m][k] / f"{i:06d}.png").write_bytes(encode_image(im if im.shape[2] == 3 else im[..., 0]))
-            for (k, i), sv in zip(chunk, sd):
-                if k in manifests:
-                    manifests[k].append(json.dumps({"identity": k, "index": i, "path": f"{k:06d}/{i:06d}.png", "seed": sv,
-                                                    "truncation_psi": psi, "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
-        for k, lines in manifests.items(): (tmp["rgb"][k] / ".manifest.jsonl").write_text("".join(lines))
+            for (k, i), sv, im in zip(chunk, sd, to_uint8_images(imgs)):
+                if k not in tmp: continue
+                paths = manifest_paths(k, write_modalities(tmp[k], i, im, slices))
+                manifests[k].append(json.dumps({"identity": k, "index": i, **paths, "seed": sv, "truncation_psi": psi,
+                                                "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
+        for k, lines in manifests.items(): (tmp[k] / ".manifest.jsonl").write_text("".join(lines))
     return sum(len(lines) for lines in manifests.values())
 
 # %% ../nbs/24_generation.ipynb #8331af38
@@ -94,10 +112,10 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
                             identities: Sequence[int] | int | None = None, seed: int = 0, seed_policy: str = "sface",
                             truncation_psi: float = 1.0, noise_mode: str = "random", batch_size: int = 64,
                             rank: int | None = None, world_size: int | None = None,
-                            extra_dirs: dict[str, str | Path] | None = None, source: str | None = None,
-                            output_size: int | None = None, on_change: str = "error", progress: bool = True,
+                            source: str | None = None, output_size: int | None = None, on_change: str = "error",
+                            progress: bool = True,
                             **generate_kwargs) -> dict:
-    "Generate `images_per_identity` images of each identity into out_dir/<identity:06d>/<index:06d>.png, resumably"
+    "Generate `images_per_identity` images of each identity into out_dir/<identity:06d>/<index:06d>.png (+ partners), resumably"
     t0, out_dir = time.perf_counter(), Path(out_dir)
     if identities is None:
         if generator.num_identities is None: raise ValueError("identities must be given for a generator with an open identity set")
@@ -105,30 +123,25 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
     ids = list(range(identities)) if isinstance(identities, (int, np.integer)) else [int(i) for i in identities]
     seed_policies.get(seed_policy)  # fail early on an unknown policy
     if on_change not in ("error", "restart"): raise ValueError(f"on_change must be 'error' or 'restart', got {on_change!r}")
-    extra = {m: Path(p) for m, p in (extra_dirs or {}).items()}
-    if set(generator.modalities) - {"rgb"} != set(extra):
-        raise ValueError(f"extra_dirs must name a folder for each non-RGB modality {sorted(set(generator.modalities) - {'rgb'})}, got {sorted(extra)}")
-    out_dirs = {"rgb": out_dir, **extra}
     info = dist_info()
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_spec(out_dir / "generation.json", _spec(generator, ids, images_per_identity, seed, seed_policy,
-                                                   truncation_psi, noise_mode, source, output_size),
-                on_change, list(out_dirs.values()), world_size)
+    check_generation_spec(out_dir / "generation.json", _spec(generator, ids, images_per_identity, seed, seed_policy,
+                                                             truncation_psi, noise_mode, source, output_size),
+                          on_change, [out_dir], world_size)
     mine = [ids[j] for j in shard_range(len(ids), rank, world_size)]
     mine_names = {f"{k:06d}" for k in mine}  # other ranks' temporary folders may be in use
-    for d in out_dirs.values():  # temporary folders left by a killed run: one listing per folder
-        for stale in d.glob(".*.tmp"):
-            if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
+    for stale in out_dir.glob(".*.tmp"):  # temporary folders left by a killed run
+        if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
     report = {"rank": rank, "world_size": world_size, "identities": len(mine), "generated_identities": 0,
               "skipped_identities": 0, "images_written": 0}
     bar = progress_bar(len(mine), desc=f"generate[{rank}]", enabled=progress)
     for group in identity_groups(mine, images_per_identity, batch_size):
-        pending = [k for k in group if not _class_dir(out_dir, k).is_dir()]
+        pending = [k for k in group if not identity_dir(out_dir, k).is_dir()]
         report["skipped_identities"] += len(group) - len(pending)
         if pending:
-            report["images_written"] += _write_group(generator, group, pending, out_dirs, images_per_identity, seed,
+            report["images_written"] += _write_group(generator, group, pending, out_dir, images_per_identity, seed,
                                                      seed_policy, truncation_psi, noise_mode, batch_size, output_size,
                                                      generate_kwargs)
             report["generated_identities"] += len(pending)
@@ -142,7 +155,7 @@ def finalize_manifest(out_dir: str | Path, identities: Sequence[int] | int) -> P
     "Write out_dir/manifest.jsonl from the per-identity manifests if every identity is complete, else None"
     out_dir = Path(out_dir)
     ids = range(identities) if isinstance(identities, (int, np.integer)) else identities
-    files = [_class_dir(out_dir, int(k)) / ".manifest.jsonl" for k in ids]
+    files = [identity_dir(out_dir, int(k)) / ".manifest.jsonl" for k in ids]
     if not all(f.is_file() for f in files): return None
     with atomic_write(out_dir / "manifest.jsonl", "w") as out:
         for f in files:
