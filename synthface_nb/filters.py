@@ -11,7 +11,6 @@ from collections import Counter
 
 import numpy as np
 
-from .align import detect_faces
 from .core import Registry, sample_rng
 from .fr_models import best_matches, class_centres
 
@@ -183,8 +182,9 @@ def face_is_centred(landmarks: np.ndarray) -> bool:
 def face_detection_reason(probabilities: np.ndarray | None, landmarks: np.ndarray | None,
                           min_probability: float = 0.97) -> str:
     "Why an image fails ArcBiFaceGAN's face test, from a detector's face probabilities and (k, 5, 2) landmarks; '' if it passes"
-    probs = np.zeros(0) if probabilities is None else np.atleast_1d(np.asarray(probabilities, np.float64))
-    if not len(probs): return "no_face: the detector found no face"
+    if probabilities is None or landmarks is None or not len(np.atleast_1d(probabilities)):
+        return "no_face: the detector found no face"
+    probs = np.atleast_1d(np.asarray(probabilities, np.float64))
     best = int(probs.argmax())
     if probs[best] < min_probability: return f"face_unlikely: probability {probs[best]:.3f} < {min_probability}"
     if not face_is_centred(np.asarray(landmarks)[best]): return "face_not_centred: the nose is not between the eyes"
@@ -193,8 +193,8 @@ def face_detection_reason(probabilities: np.ndarray | None, landmarks: np.ndarra
 def face_detection_check(detector, min_probability: float = 0.97):
     "A first-sample check `image (uint8 HWC RGB) -> reason` that runs `detector` (e.g. `align.load_mtcnn()`)"
     def check(image: np.ndarray) -> str:
-        _, probs, landmarks = detect_faces([image], detector)[0]
-        return face_detection_reason(probs, landmarks, min_probability)
+        _, probs, landmarks = detector.detect(np.asarray(image)[None], landmarks=True)   # a batch of one image
+        return face_detection_reason(probs[0], landmarks[0], min_probability)
     return check
 
 # %% ../nbs/46_filters.ipynb #c4d38dfb

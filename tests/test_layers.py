@@ -52,7 +52,8 @@ def test_closure_is_transitive():
 
 def test_modules_named_here_exist():
     named = {"leakage", "metrics", "quality", "report", "filters", "plots", "feature_metrics", "gan_metrics",
-             "stylegan2", "stylegan2_training", "ada_augment", "fr_models", "backbones", "verification", "testing"}
+             "stylegan2", "stylegan2_training", "ada_augment", "fr_models", "backbones", "verification", "testing",
+             "filtered_generation"}
     assert named <= MODULES, named - MODULES
 
 
@@ -61,8 +62,9 @@ def test_evaluation_does_not_import_gan_training(module):
     assert not closure(module) & {"stylegan2_training", "ada_augment"}, closure(module)
 
 
-def test_filters_do_not_import_the_evaluation_layer():
-    assert not closure("filters") & {"quality", "metrics", "verification", "leakage"}, closure("filters")
+@pytest.mark.parametrize("module", ["filters", "filtered_generation"])
+def test_generation_time_filters_do_not_import_the_evaluation_layer(module):
+    assert not closure(module) & {"quality", "metrics", "verification", "leakage", "report"}, closure(module)
 
 
 @pytest.mark.parametrize("module", ["report", "plots"])
