@@ -189,7 +189,8 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
 # %% ../nbs/27_arcbiface.ipynb #ca8d2f0e
 def arcbiface_generate_defaults() -> dict:
     "ArcBiFaceGAN's generation settings: 100 identities x 32 samples, psi 0.7, the Privacy & Diversity filter inside"
-    return {"num_identities": 100, "images_per_identity": 32, "truncation_psi": 0.7, "noise_mode": "random",
+    return {"num_identities": 100,       # candidate identities 0..n-1; a discarded one leaves a gap in the numbering
+            "images_per_identity": 32, "truncation_psi": 0.7, "noise_mode": "random",
             "filter": True, "max_attempts": 2500, "thresholds": "authentic", "mu": 0.776, "sigma": 0.077,
             "first_sample_check": False, "min_face_probability": 0.97,
             "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0}
@@ -228,8 +229,10 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
             check = face_detection_check(load_mtcnn(device=dev), s["min_face_probability"])
         report = write_filtered_dataset(gen, fr, out_dir, s["num_identities"], s["images_per_identity"], reference,
                                         seed=seed, mu=mu, sigma=sigma, max_attempts=s["max_attempts"],
+                                        truncation_psi=s["truncation_psi"], noise_mode=s["noise_mode"],
                                         batch_size=s["batch_size"], first_sample_check=check, output_size=size,
-                                        source=file_digest(model_dir/"generator.pt"), progress=progress)
+                                        source=file_digest(model_dir/"generator.pt"), on_change="restart", device=dev,
+                                        progress=progress)
     else:
         report = write_generated_dataset(gen, out_dir, s["images_per_identity"], s["num_identities"], seed=seed,
                                          seed_policy="derived", truncation_psi=s["truncation_psi"], noise_mode=s["noise_mode"],
@@ -237,7 +240,11 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
                                          source=file_digest(model_dir/"generator.pt"), on_change="restart", progress=progress)
         barrier()   # every rank's identities are written before the manifest is assembled
         if info.is_main: report["manifest"] = str(finalize_manifest(out_dir, s["num_identities"]))
-    if info.is_main: save_image(Path(report_dir)/"sample_grid.png", visible_nir_grid(out_dir))
+    if info.is_main:
+        if not any(d.is_dir() and not d.name.startswith(".") for d in out_dir.iterdir()):
+            raise ValueError(f"{out_dir}: the Privacy & Diversity filter kept no identity of {s['num_identities']} candidates "
+                             f"(why: {out_dir/'filter_summary.json'}); raise num_identities or max_attempts, or loosen the thresholds")
+        save_image(Path(report_dir)/"sample_grid.png", visible_nir_grid(out_dir))
     return report
 
 # %% ../nbs/27_arcbiface.ipynb #4f0f929f

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import atomic_dir, atomic_write, file_digest, write_json_atomic
-from .data import encode_image, resize_to, to_uint8_images
+from .data import encode_image, partner_path, resize_to, to_uint8_images
 from .distributed import all_gather_cat, barrier, dist_info, init_distributed, shard_range, shutdown_distributed
 from .generators import FaceGenerator, load_generator, seed_policies
 from .runloop import progress_bar
@@ -37,7 +37,8 @@ def identity_dir(root: Path, identity: int) -> Path:
 # %% ../nbs/24_generation.ipynb #ed008afb
 def modality_file_name(index: int, modality: str) -> str:
     "File name of image `index` of a generated identity in `modality`: the RGB image or its partner"
-    return f"{index:06d}.png" if modality == "rgb" else f"{index:06d}.{modality}.png"
+    name = f"{index:06d}.png"
+    return name if modality == "rgb" else partner_path(name, modality).name   # the readers' partner rule
 
 def write_modalities(folder: Path, index: int, image: torch.Tensor, slices: dict[str, slice]) -> dict[str, str]:
     "Write one uint8 (C, H, W) generated image as its RGB file and its partners; the file name of each modality"
