@@ -16,7 +16,8 @@ from .core import resolve_device
 
 # %% auto #0
 __all__ = ['DistInfo', 'dist_info', 'init_distributed', 'shutdown_distributed', 'is_distributed', 'barrier', 'all_reduce_mean',
-           'all_gather_cat', 'wrap_ddp', 'unwrap', 'shard_range']
+           'all_gather_cat', 'broadcast_float', 'wrap_ddp', 'unwrap', 'shard_range', 'shuffle_across_ranks',
+           'unshuffle_across_ranks']
 
 # %% ../nbs/06_distributed.ipynb #aae78596
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     dist.all_gather(out, t.contiguous())
     return torch.cat(out)
 
+def broadcast_float(x: float, device: str | torch.device = "cpu") -> float:
+    "Rank 0's value of `x` on every rank (`x` itself in one process)"
+    if not is_distributed(): return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
 def wrap_ddp(module: torch.nn.Module, device: torch.device, **kwargs) -> torch.nn.Module:
     "DistributedDataParallel around `module` when distributed and it has trainable parameters, else `module` itself"
     if not is_distributed() or not any(p.requires_grad for p in module.parameters()): return module
@@ -93,3 +101,17 @@ def shard_range(n: int, rank: int, world_size: int) -> range:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+# %% ../nbs/06_distributed.ipynb #c3ad1260
+def shuffle_across_ranks(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    "This rank's share of the global batch in a random order, and the index that undoes it (`(x, None)` in one process)"
+    if not is_distributed(): return x, None
+    gathered = all_gather_cat(x)
+    perm = torch.randperm(len(gathered), generator=generator).to(x.device)
+    dist.broadcast(perm, src=0)   # every rank must use rank 0's permutation
+    return gathered[perm.view(dist.get_world_size(), -1)[dist.get_rank()]], torch.argsort(perm)
+
+def unshuffle_across_ranks(x: torch.Tensor, unshuffle: torch.Tensor | None) -> torch.Tensor:
+    "Undo `shuffle_across_ranks` on its (processed) output: this rank's own samples, in their order"
+    if unshuffle is None: return x
+    return all_gather_cat(x)[unshuffle.view(dist.get_world_size(), -1)[dist.get_rank()]]

@@ -1,4 +1,4 @@
-"""SFace's strategies as registered objectives: CLS (margin head on labels), KT (match a frozen teacher, label-free) and CL (both), with per-sample augmentations.
+"""SFace's strategies as registered objectives: CLS (margin head on labels), KT (match a frozen teacher, label-free) and CL (both), USynthFace's MoCo (label-free, two images of one identity), with per-sample augmentations.
 
 Docs: _docs/objectives.html (`make docs` builds it)"""
 
@@ -6,21 +6,25 @@ Docs: _docs/objectives.html (`make docs` builds it)"""
 
 # %% ../nbs/30_objectives.ipynb #0c431eed
 from __future__ import annotations
-import abc
+import abc, copy, functools, inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageOps
 
-from .core import Registry
+from .core import Registry, torch_generator
+from .distributed import all_gather_cat, shuffle_across_ranks, unshuffle_across_ranks
 from .fr_models import FRModel
 from .heads import get_head
 
 # %% auto #0
-__all__ = ['augmentations', 'objectives', 'no_augmentation', 'random_hflip', 'ObjectiveContext', 'Objective', 'build_objective',
-           'ClassificationObjective', 'kt_loss', 'KnowledgeTransferObjective', 'CombinedLearningObjective']
+__all__ = ['augmentations', 'RANDAUGMENT_OPS', 'objectives', 'no_augmentation', 'random_hflip', 'build_augmentation',
+           'randaugment_strength', 'randaugment_draws', 'apply_randaugment_op', 'randaugment', 'ObjectiveContext',
+           'Objective', 'build_objective', 'ClassificationObjective', 'kt_loss', 'KnowledgeTransferObjective',
+           'CombinedLearningObjective', 'moco_logits', 'MoCoObjective']
 
 # %% ../nbs/30_objectives.ipynb #9aa3c577
 augmentations = Registry("augmentation")
@@ -35,6 +39,76 @@ def random_hflip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) ->
     "Mirror the HWC image left-right with probability `p` (SFace's only augmentation)"
     return np.ascontiguousarray(image[:, ::-1]) if rng.random() < p else image
 
+# %% ../nbs/30_objectives.ipynb #aad5cf50
+def build_augmentation(spec: str | dict) -> callable:
+    "The augmentation `spec` describes: a registered name, or a dict `{name: ..., **settings}`"
+    if isinstance(spec, str): name, kwargs = spec, {}
+    else:
+        kwargs = dict(spec)
+        name = kwargs.pop("name", None)
+        if not isinstance(name, str): raise ValueError(f"augmentation {spec!r}: no 'name' (a registered augmentation)")
+    fn = augmentations.get(name)
+    known = [p for p in inspect.signature(fn).parameters if p not in ("image", "rng")]
+    bad = sorted(set(kwargs) - set(known))
+    if bad: raise TypeError(f"augmentation '{name}': unknown setting(s) {', '.join(bad)}; known: {', '.join(known) or 'none'}")
+    return functools.partial(fn, **kwargs) if kwargs else fn
+
+# %% ../nbs/30_objectives.ipynb #d8911eba
+RANDAUGMENT_OPS = ("identity", "shear_x", "translate_x", "rotate", "brightness", "color", "contrast", "sharpness",
+                   "posterize", "solarize", "autocontrast", "equalize", "grayscale")
+_SIGNED_OPS = ("shear_x", "translate_x", "rotate", "brightness", "color", "contrast", "sharpness")
+
+def randaugment_strength(op: str, level: int, num_bins: int = 31, width: int = 112) -> float:
+    "The unsigned strength of `op` at magnitude bin `level` of `num_bins` (torchvision's scale; `width` sets translation)"
+    u = level / (num_bins - 1)
+    if op == "shear_x": return 0.3 * u
+    if op == "translate_x": return 150 / 331 * width * u
+    if op == "rotate": return 30.0 * u
+    if op in ("brightness", "color", "contrast", "sharpness"): return 0.9 * u
+    if op == "posterize": return float(8 - round(4 * u))      # bits kept
+    if op == "solarize": return 255.0 * (1 - u)               # threshold
+    return 0.0
+
+def randaugment_draws(rng: np.random.Generator, num_ops: int = 4, magnitude: int = 16, num_bins: int = 31,
+                      width: int = 112) -> list[tuple[str, float]]:
+    "USynthFace's draws: `num_ops` ops, each at a bin uniform in [1, magnitude], signed ops with a random sign"
+    out = []
+    for _ in range(num_ops):
+        op = RANDAUGMENT_OPS[int(rng.integers(len(RANDAUGMENT_OPS)))]
+        v = randaugment_strength(op, int(rng.integers(1, magnitude + 1)), num_bins, width)
+        out.append((op, -v if op in _SIGNED_OPS and rng.random() < 0.5 else v))
+    return out
+
+# %% ../nbs/30_objectives.ipynb #59a415a1
+_ENHANCE = {"brightness": ImageEnhance.Brightness, "color": ImageEnhance.Color, "contrast": ImageEnhance.Contrast,
+            "sharpness": ImageEnhance.Sharpness}
+
+def apply_randaugment_op(img: Image.Image, op: str, v: float) -> Image.Image:
+    "One RandAugment op at signed strength `v` on a PIL RGB image, as torchvision applies it (nearest, black fill)"
+    if op == "identity": return img
+    if op == "shear_x": return img.transform(img.size, Image.AFFINE, (1, v, 0, 0, 1, 0), Image.NEAREST)   # about (0, 0)
+    if op == "translate_x": return img.transform(img.size, Image.AFFINE, (1, 0, -int(v), 0, 1, 0), Image.NEAREST)
+    if op == "rotate": return img.rotate(v, Image.NEAREST)
+    if op in _ENHANCE: return _ENHANCE[op](img).enhance(1 + v)
+    if op == "posterize": return ImageOps.posterize(img, int(v))
+    if op == "solarize": return ImageOps.solarize(img, v)
+    if op == "autocontrast": return ImageOps.autocontrast(img)
+    if op == "equalize": return ImageOps.equalize(img)
+    if op == "grayscale": return img.convert("L").convert("RGB")
+    raise ValueError(f"unknown RandAugment op '{op}'; known: {', '.join(RANDAUGMENT_OPS)}")
+
+# %% ../nbs/30_objectives.ipynb #7c869c02
+@augmentations.register("randaugment")
+def randaugment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 4, magnitude: int = 16,
+                num_magnitude_bins: int = 31, p_flip: float = 0.5) -> np.ndarray:
+    "USynthFace's augmentation: a horizontal flip with probability `p_flip`, then RandAugment(`num_ops`, `magnitude`)"
+    if not 1 <= magnitude < num_magnitude_bins:
+        raise ValueError(f"randaugment: magnitude {magnitude} is outside 1 ... {num_magnitude_bins - 1} (num_magnitude_bins - 1)")
+    img = Image.fromarray(random_hflip(image, rng, p_flip))
+    for op, v in randaugment_draws(rng, num_ops, magnitude, num_magnitude_bins, image.shape[1]):
+        img = apply_randaugment_op(img, op, v)
+    return np.array(img)
+
 # %% ../nbs/30_objectives.ipynb #b0e778ee
 @dataclass
 class ObjectiveContext:
@@ -43,6 +117,9 @@ class ObjectiveContext:
     embedding_size: int
     num_classes: int
     teacher: FRModel | None = None
+    global_batch_size: int | None = None   # images per step over all processes
+    world_size: int = 1
+    seed: int = 0
 
 class Objective(nn.Module, abc.ABC):
     "A training objective: the backbone and a batch of views become a scalar loss and scalars to log"
@@ -123,3 +200,61 @@ class CombinedLearningObjective(Objective, _TeacherMixin):
         ce = F.cross_entropy(self.head(emb, labels), labels)
         kt = kt_loss(emb, self._teacher_embed(views[0]))
         return ce + self.weight * kt, {"ce": ce.detach(), "kt": kt.detach()}
+
+# %% ../nbs/30_objectives.ipynb #2756c281
+def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07,
+                margin: float = 0.0) -> torch.Tensor:
+    "MoCo logits `(B, 1 + K)` of unit queries `q` and positive keys `k` against a `(d, K)` queue, margin on the positive"
+    positive = (q * k).sum(1, keepdim=True) - margin
+    return torch.cat([positive, q @ queue], 1) / temperature
+
+# %% ../nbs/30_objectives.ipynb #6030cc84
+@objectives.register("moco")
+class MoCoObjective(Objective):
+    "Label-free MoCo: a momentum key encoder and a queue of keys, margin on the positive (USynthFace)"
+    n_views, needs_labels, augment, view_source = 2, False, "randaugment", "same_identity"
+    def __init__(self, ctx: ObjectiveContext, queue_size: int = 32768, momentum: float = 0.999,
+                 temperature: float = 0.07, margin: float = 0.1):
+        super().__init__()
+        if not ctx.global_batch_size: raise ValueError("objective 'moco' needs the global batch size (ObjectiveContext.global_batch_size)")
+        if queue_size % ctx.global_batch_size:
+            raise ValueError(f"objective 'moco': queue_size {queue_size} is not a multiple of the global batch "
+                             f"{ctx.global_batch_size} (batch_size x {ctx.world_size} processes)")
+        self.momentum, self.temperature, self.margin, self.seed = float(momentum), float(temperature), float(margin), ctx.seed
+        self.key_encoder = copy.deepcopy(ctx.backbone).requires_grad_(False)
+        queue = torch.randn(ctx.embedding_size, queue_size, generator=torch_generator(ctx.seed, 1))   # 1: the queue's stream
+        self.register_buffer("queue", F.normalize(queue, dim=0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self, backbone: nn.Module) -> None:
+        "Move the key encoder towards the query encoder: θ_k ← m θ_k + (1 − m) θ_q"
+        ks, qs = list(self.key_encoder.parameters()), [p.detach() for p in backbone.parameters()]
+        torch._foreach_mul_(ks, self.momentum)
+        torch._foreach_add_(ks, qs, alpha=1 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        "Overwrite the oldest keys of the ring buffer with `keys` `(n, d)`"
+        ptr, n, size = int(self.queue_ptr), len(keys), self.queue.shape[1]
+        if ptr + n > size: raise ValueError(f"moco queue: {n} keys at position {ptr} overrun the queue of {size}")
+        self.queue[:, ptr:ptr + n] = keys.T.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + n) % size)
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        "Unit key embeddings of images `x`, through the key encoder with the batch shuffled across ranks"
+        x, unshuffle = shuffle_across_ranks(x, torch_generator(self.seed, 2, int(self.steps)))   # 2: the shuffle's stream
+        return unshuffle_across_ranks(F.normalize(self.key_encoder(x).float(), dim=1), unshuffle)
+
+    def forward(self, backbone, views, labels):
+        q = F.normalize(backbone(views[0]).float(), dim=1)
+        self.momentum_update(backbone)
+        k = self.keys(views[1])
+        logits = moco_logits(q, k, self.queue.clone(), self.temperature, self.margin)
+        self.enqueue(all_gather_cat(k))
+        self.steps += 1
+        loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+        return loss, {"ce": loss.detach(), "pos_logit": logits[:, 0].mean().detach(),
+                      "top1": (logits.argmax(1) == 0).float().mean()}

@@ -19,17 +19,17 @@ import torch.distributed as dist
 from .core import (derive_seed, evaluating, load_checkpoint, load_state_strict, sample_rng, save_checkpoint,
                                seed_worker, torch_generator)
 from .data import FaceDataset, to_float_images
-from .distributed import all_reduce_mean, barrier, init_distributed, is_distributed, wrap_ddp
+from .distributed import all_reduce_mean, barrier, broadcast_float, init_distributed, is_distributed, wrap_ddp
 from .backbones import build_backbone
 from .heads import check_labels
 from .fr_models import FRModel, load_fr_model, save_fr_model
-from .objectives import ObjectiveContext, augmentations, build_objective, objectives
+from .objectives import ObjectiveContext, build_augmentation, build_objective, objectives
 from .runloop import (RunLog, check_length, check_resume, copy_atomic, load_resume, progress_bar, run_environment,
                                   run_identity, set_numerics)
 
 # %% auto #0
-__all__ = ['TrainConfig', 'lr_factor', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'rng_state', 'set_rng_state', 'Callback',
-           'resolve_amp', 'TrainModule', 'TrainResult', 'scaled_lr', 'train_fr']
+__all__ = ['TrainConfig', 'lr_factor', 'PlateauSchedule', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'rng_state',
+           'set_rng_state', 'Callback', 'resolve_amp', 'TrainModule', 'TrainResult', 'scaled_lr', 'train_fr']
 
 # %% ../nbs/31_trainer.ipynb #00d109b5
 @dataclass
@@ -42,18 +42,19 @@ class TrainConfig:
     dropout: float = 0.4
     objective: str = "cls"
     objective_kwargs: dict = field(default_factory=lambda: {"head": "cosface", "head_kwargs": {"s": 64.0, "m": 0.35}})
-    augment: str | None = None          # None: the objective's own default
+    augment: str | dict | None = None   # a name or {name: ..., **settings}; None: the objective's own default
     epochs: int = 64
     batch_size: int = 128               # per process
     lr: float = 0.1                     # for a total batch of `lr_batch`, scaled linearly
     lr_batch: int = 512
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "step"              # step | cosine | poly
+    schedule: str = "step"              # step | cosine | poly | plateau
     milestones: tuple = (40, 48, 52)
     gamma: float = 0.1
     poly_power: float = 2.0
     warmup_epochs: float = 0.0
+    plateau: dict = field(default_factory=lambda: {"patience": 10, "cooldown": 10, "stop_after": 20})  # factor: gamma
     clip_grad_norm: float | None = 5.0
     amp: str = "auto"                   # auto | none | bf16 | fp16
     channels_last: bool = True
@@ -87,7 +88,30 @@ def lr_factor(t: float, epochs: float, schedule: str = "step", milestones: Seque
     u = min(1.0, (t - warmup_epochs) / max(epochs - warmup_epochs, 1e-12))
     if schedule == "cosine": return 0.5 * (1 + math.cos(math.pi * u))
     if schedule == "poly": return (1 - u) ** poly_power
-    raise ValueError(f"unknown schedule '{schedule}'; known: cosine, poly, step")
+    if schedule == "plateau": return 1.0     # PlateauSchedule scales it
+    raise ValueError(f"unknown schedule '{schedule}'; known: cosine, plateau, poly, step")
+
+# %% ../nbs/31_trainer.ipynb #a8fc75a7
+class PlateauSchedule:
+    "ReduceLROnPlateau (mode max) on a per-epoch score as a learning-rate scale, plus early stopping"
+    def __init__(self, factor: float = 0.1, patience: int = 10, cooldown: int = 10, stop_after: int = 20,
+                 threshold: float = 1e-4):
+        self.factor, self.patience, self.cooldown, self.stop_after, self.threshold = factor, patience, cooldown, stop_after, threshold
+        self.scale, self.best, self.bad_epochs, self.cooldown_left, self.epochs_since_best = 1.0, -math.inf, 0, 0, 0
+
+    def step(self, score: float) -> None:
+        "Record one epoch's score"
+        if score > self.best * (1 + self.threshold) if self.best > 0 else score > self.best * (1 - self.threshold):
+            self.best, self.bad_epochs, self.epochs_since_best = float(score), 0, 0
+        else: self.bad_epochs, self.epochs_since_best = self.bad_epochs + 1, self.epochs_since_best + 1
+        if self.cooldown_left > 0: self.cooldown_left, self.bad_epochs = self.cooldown_left - 1, 0
+        if self.bad_epochs > self.patience:
+            self.scale, self.cooldown_left, self.bad_epochs = self.scale * self.factor, self.cooldown, 0
+
+    @property
+    def stopped(self) -> bool: return self.epochs_since_best >= self.stop_after
+    def state_dict(self) -> dict: return {k: getattr(self, k) for k in ("scale", "best", "bad_epochs", "cooldown_left", "epochs_since_best")}
+    def load_state_dict(self, state: dict) -> None: self.__dict__.update(state)
 
 # %% ../nbs/31_trainer.ipynb #c9dd274c
 def steps_per_epoch(n_images: int, batch_size: int, world_size: int = 1) -> int:
@@ -130,7 +154,8 @@ class TrainViews(torch.utils.data.Dataset):
         label = int(self.dataset.labels[i])
         sources = [i] * self.n_views
         if self.view_source == "same_identity" and self.n_views > 1:
-            sources[1:] = sample_rng(self.seed, epoch, i).choice(self._members[label], self.n_views - 1).tolist()
+            others = self._members[label][self._members[label] != i]    # another image whenever there is one
+            sources[1:] = sample_rng(self.seed, epoch, i).choice(others if len(others) else [i], self.n_views - 1).tolist()
         images = {j: self.dataset.load_image(j) for j in set(sources)}
         views = np.stack([self.augment(images[j], sample_rng(self.seed, epoch, i, v)) for v, j in enumerate(sources)])
         return torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2))), label, i
@@ -197,8 +222,9 @@ class TrainResult:
     data_wait_share: float
     evals: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)   # runloop.run_environment: device, processes, batch, AMP, versions
+    stopped_early: bool = False                      # the plateau schedule ended the run
     @property
-    def finished(self) -> bool: return self.step >= self.total_steps
+    def finished(self) -> bool: return self.step >= self.total_steps or self.stopped_early
     @property
     def losses(self) -> list[float]: return [h["loss"] for h in self.history if "loss" in h]
 
@@ -261,6 +287,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         ckpt_path = state_dir/"checkpoint.pt" if state_dir is not None else None
         ckpt = load_resume(ckpt_path, "fr_train", identity, resume, quiet=not info.is_main) if ckpt_path and resume else None
     if ckpt is not None: check_length(ckpt_path, int(ckpt["step"]), total)
+    if cfg.schedule == "plateau" and not callbacks:
+        raise ValueError("schedule 'plateau' needs a verification callback to score every epoch (pass benchmarks)")
 
     if not obj_cls.needs_teacher: teacher = None  # a teacher given to e.g. CLS is not even loaded
     elif teacher is None: raise ValueError(f"objective '{cfg.objective}' needs a teacher FR model (teacher=)")
@@ -269,12 +297,14 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     backbone = build_backbone(cfg.network, width=cfg.width, embedding_size=cfg.embedding_size,
                               input_size=cfg.input_size, dropout=cfg.dropout).to(device)
     if cfg.channels_last: backbone.to(memory_format=torch.channels_last)
-    objective = build_objective(cfg.objective, ObjectiveContext(backbone, cfg.embedding_size, dataset.num_classes, teacher),
-                                **cfg.objective_kwargs).to(device)
+    ctx = ObjectiveContext(backbone, cfg.embedding_size, dataset.num_classes, teacher, cfg.batch_size * info.world_size,
+                           info.world_size, cfg.seed)
+    objective = build_objective(cfg.objective, ctx, **cfg.objective_kwargs).to(device)
     model = wrap_ddp(TrainModule(backbone, objective), device, broadcast_buffers=False)
     opt = _optimizer(backbone, objective, scaled_lr(cfg, info.world_size), cfg)
+    plateau = PlateauSchedule(cfg.gamma, **cfg.plateau) if cfg.schedule == "plateau" else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
-        s / spe, cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma, cfg.warmup_epochs, cfg.poly_power))
+        s / spe, cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma, cfg.warmup_epochs, cfg.poly_power) * (plateau.scale if plateau else 1.0))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, history = 0, []
     if ckpt is not None:
@@ -282,11 +312,12 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         load_state_strict(objective, ckpt["objective"], source=f"{ckpt_path} (objective)")
         opt.load_state_dict(ckpt["optimizer"]); sched.load_state_dict(ckpt["scheduler"]); scaler.load_state_dict(ckpt["scaler"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
+        if plateau: plateau.load_state_dict(ckpt["plateau"])
         set_rng_state(ckpt["rng"][info.rank])
     else:
         torch.manual_seed(derive_seed(cfg.seed, info.rank))  # dropout masks differ per rank
 
-    views = TrainViews(dataset, augmentations.get(cfg.augment or obj_cls.augment), obj_cls.n_views, cfg.seed, obj_cls.view_source)
+    views = TrainViews(dataset, build_augmentation(cfg.augment or obj_cls.augment), obj_cls.n_views, cfg.seed, obj_cls.view_source)
     loader = torch.utils.data.DataLoader(
         views, batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, step, stop, info.rank, info.world_size),
         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
@@ -301,7 +332,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "step": path_step, "epoch": path_step / spe, "rng": rngs, "config": config, "identity": identity,
                 "world_size": info.world_size, "n_images": len(dataset), "num_classes": dataset.num_classes,
-                "history": log.history}, kind="fr_train")
+                "plateau": plateau.state_dict() if plateau else {}, "history": log.history}, kind="fr_train")
         barrier()
 
     bar = progress_bar(stop, step, f"train {cfg.objective}", progress and info.is_main)
@@ -310,7 +341,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     start_step, t_start, t_data = step, time.perf_counter(), 0.0
     model.train()
     it = iter(loader)
-    while step < stop:
+    while step < stop and not (plateau and plateau.stopped):
         t0 = time.perf_counter()
         batch_views, labels, _ = next(it)
         t_data += time.perf_counter() - t0
@@ -323,7 +354,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         gnorm = torch.nn.utils.clip_grad_norm_(backbone.parameters(), cfg.clip_grad_norm) if cfg.clip_grad_norm else None
-        scaler.step(opt); scaler.update(); sched.step()
+        scaler.step(opt); scaler.update()
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == stop:
@@ -333,22 +364,31 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
             if not math.isfinite(rec["loss"]): raise FloatingPointError(f"step {step}: the loss is {rec['loss']}")
             log.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+        epoch_end, scores = step % spe == 0, []
         for cb in callbacks:
             every = getattr(cb, "every", None) or cfg.eval_every
-            if (every and step % every == 0) or step == stop:
+            if (every and step % every == 0) or step == stop or (plateau and epoch_end):
                 if getattr(cb, "main_only", True) and not info.is_main: continue
                 with evaluating(backbone): out = cb(backbone, step)
                 if out:
                     log.log({"step": step, **{f"eval/{k}": float(v) for k, v in out.items()}})
                     evals = {k: float(v) for k, v in out.items()}
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop: save(step)
+                    scores += evals.values()
+        if plateau and epoch_end:   # the main rank's mean accuracy decides on every rank
+            score = broadcast_float(float(np.mean(scores)) if scores else math.nan, device)
+            if math.isnan(score): raise ValueError(f"step {step}: schedule 'plateau' got no verification score at the epoch's end")
+            plateau.step(score)
+        sched.step()               # after the plateau rule, so the next step already uses its scale
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == stop or (plateau and plateau.stopped): save(step)
+    if step == start_step and ckpt is None: save(step)   # epochs=0: the untrained, seeded network is a run too
     bar.close()
     seconds = time.perf_counter() - t_start
-    if step >= total and info.is_main and out_dir is not None:
+    stopped_early = bool(plateau and plateau.stopped)
+    if (step >= total or stopped_early) and info.is_main and out_dir is not None:
         save_fr_model(out_dir/"model.pt", backbone, config=config, step=step, num_classes=dataset.num_classes, **meta)
         if state_dir != out_dir: copy_atomic(state_dir/"checkpoint.pt", out_dir/"checkpoint.pt")
     log.close()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
     env = run_environment(device, info.world_size, cfg.batch_size * info.world_size, amp)
     return TrainResult(log.history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9),
-                       evals, env)
+                       evals, env, stopped_early)
