@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .core import write_json_atomic
+from .core import file_digest, write_json_atomic
 from .data import ImageFolderDataset, dataset_statistics, identity_grid, save_image
 from .distributed import dist_info
 from .gan_metrics import probe_scorer
@@ -23,7 +23,7 @@ from .stylegan2_training import stylegan2_defaults, summarize_history, train_sty
 from .runloop import check_accelerator
 
 # %% auto #0
-__all__ = ['train_sface_gan', 'sface_generate_defaults', 'generate_sface', 'SFaceRecipe', 'main']
+__all__ = ['train_sface_gan', 'sface_generate_defaults', 'generate_sface', 'generate_sface_filtered', 'SFaceRecipe', 'main']
 
 # %% ../nbs/26_sface.ipynb #3cdd328b
 def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed: int = 0, progress: bool = True,
@@ -50,13 +50,17 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
 def sface_generate_defaults() -> dict:
     "SFace's generation settings: every class, SFace-60, seeds from range(1, 1001), psi 1, resized to the aligned 112"
     return {"images_per_identity": 60, "num_identities": -1, "seed_policy": "sface", "truncation_psi": 1.0,
-            "noise_mode": "random", "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0}
+            "noise_mode": "random", "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0,
+            # ArcBiFaceGAN's Privacy & Diversity filter inside generation, off in SFace's protocol
+            "filter": False, "filter_model": "", "filter_reference": "", "max_attempts": 2500, "thresholds": "authentic",
+            "mu": 0.776, "sigma": 0.077}
 
 def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str | Path, settings: dict, seed: int = 0,
                    progress: bool = True) -> dict:
     "SFace's protocol: `images_per_identity` images of every class (or the first `num_identities`); returns the report"
     s = settings
     if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    if s["filter"]: return generate_sface_filtered(generator, out_dir, report_dir, s, seed, progress)
     report = generate_from_checkpoint(generator, out_dir, s["images_per_identity"],
                                       s["num_identities"] if s["num_identities"] >= 0 else None, seed=seed,
                                       seed_policy=s["seed_policy"], truncation_psi=s["truncation_psi"],
@@ -64,6 +68,37 @@ def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str |
                                       output_size=s["output_size"] if s["output_size"] > 0 else None, on_change="restart",
                                       progress=progress)
     if dist_info().is_main:   # under torchrun every rank generates its share of the classes; one describes the set
+        ds = ImageFolderDataset(out_dir)
+        report["dataset"] = dataset_statistics(ds)
+        save_image(Path(report_dir)/"sample_grid.png", identity_grid(ds, 8, 8))
+    return report
+
+def generate_sface_filtered(generator: str | Path, out_dir: str | Path, report_dir: str | Path, settings: dict,
+                            seed: int = 0, progress: bool = True) -> dict:
+    "SFace's generator with ArcBiFaceGAN's Privacy & Diversity filter inside generation (`filter: true`)"
+    from synthface_nb.distributed import init_distributed
+    from synthface_nb.filtered_generation import write_filtered_dataset
+    from synthface_nb.filters import genuine_score_statistics
+    from synthface_nb.fr_models import load_fr_model
+    from synthface_nb.gan_metrics import embed_at_resolution
+    from synthface_nb.generators import load_generator
+    s = settings
+    for key in ("filter_model", "filter_reference"):
+        if not s[key]: raise ValueError(f"sface_generate: filter: true needs {key} (an FR model file / the authentic set)")
+    info, dev = init_distributed(s["device"])
+    gen = load_generator(generator, device=dev, batch_size=s["batch_size"])
+    fr = load_fr_model(s["filter_model"], device=dev)
+    ref_set = open_face_dataset(s["filter_reference"])
+    reference = embed_at_resolution(fr, ref_set).cpu().numpy()
+    mu, sigma = (genuine_score_statistics(reference, ref_set.labels) if s["thresholds"] == "authentic"
+                 else (float(s["mu"]), float(s["sigma"])))
+    n = s["num_identities"] if s["num_identities"] >= 0 else gen.num_identities
+    report = write_filtered_dataset(gen, fr, out_dir, n, s["images_per_identity"], reference, seed=seed, mu=mu, sigma=sigma,
+                                    max_attempts=s["max_attempts"], truncation_psi=s["truncation_psi"],
+                                    noise_mode=s["noise_mode"], batch_size=s["batch_size"],
+                                    output_size=s["output_size"] if s["output_size"] > 0 else None,
+                                    source=file_digest(generator), on_change="restart", device=dev, progress=progress)
+    if info.is_main:
         ds = ImageFolderDataset(out_dir)
         report["dataset"] = dataset_statistics(ds)
         save_image(Path(report_dir)/"sample_grid.png", identity_grid(ds, 8, 8))
