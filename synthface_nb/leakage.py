@@ -23,7 +23,7 @@ from .metrics import json_ready
 from .runloop import run_environment
 from .plots import plot_score_histograms, save_figure
 from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated_set_quality, genuine_scores,
-                                  genuine_statistics, impostor_scores)
+                                  genuine_statistics, impostor_scores, subject_agreement)
 
 # %% auto #0
 __all__ = ['threshold_at_fmr', 'wilson_interval', 'cluster_bootstrap_share', 'identity_leakage', 'label_relation',
@@ -218,8 +218,10 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
         try: mu, sigma = genuine_statistics(auth)
         except ValueError as e: raise ValueError(f"{authentic}: {e} (or use thresholds='published')") from None
     out_dir, summary = Path(out_dir), {}
+    agreement = {"authentic": subject_agreement(model, auth, seed=seed)}   # how well one identity's images agree
     for name, path in sets.items():
         syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)
+        agreement[name] = subject_agreement(model, syn, seed=seed)
         q = generated_set_quality(model, syn, auth_ds, mu, sigma, fid=fid, batch_size=batch_size, device=device, seed=seed)
         write_json_atomic(out_dir/"sets"/name/"quality.json", json_ready(q))
         lk = leakage_audit(syn, auth, out_dir/"sets"/name, fmr, relation, k, device=device, seed=seed)
@@ -237,5 +239,5 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
             "sample_share_ci": lk["sample_level"]["share_ci"], "sample_baseline_share_ci": lk["sample_level"]["baseline_share_ci"],
             "relation_ks_statistic": rel.get("ks_statistic"), **({"fid": q["fid"], "kid": q["kid"]} if fid else {})}
     write_json_atomic(out_dir/"audit.json", json_ready({"model": str(model_path), "fmr": fmr, "mu": mu, "sigma": sigma, "sets": summary,
-                                                        "environment": run_environment(device)}))
+                                                        "agreement": agreement, "environment": run_environment(device)}))
     return json_ready(summary)

@@ -175,6 +175,13 @@ def audit_markdown(audit: dict) -> str:
                      f"{share(s, 'sample_share_above')} ({share(s, 'sample_baseline_share_above')}) |")
     if has_ci: lines += ["", "[95 % intervals: Wilson over identities for the identity shares, a bootstrap over identities for the "
                          "image shares; the threshold is held fixed.]"]
+    if agreement := audit.get("agreement"):
+        lines += ["", "**Identity agreement** under the audit model: cosine between images of one identity (genuine) and of "
+                  "different identities (impostor), and the EER that separates them; for a set of unlabelled subjects "
+                  "(USynthFace) it says how much identity a subject's variants share.", "",
+                  "| set | genuine cos | impostor cos | EER |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {a['genuine_mean']:.3f} ± {a['genuine_std']:.3f} | {a['impostor_mean']:.3f} ± {a['impostor_std']:.3f} | "
+                  f"{pct(a['eer'])} |" for name, a in agreement.items()]
     return "\n".join(lines) + "\n"
 
 def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str | Path = "artifacts/report",
