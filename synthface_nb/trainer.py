@@ -339,6 +339,13 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     evals = {k.removeprefix("eval/"): v for h in log.history for k, v in h.items() if k.startswith("eval/")}
     autocast = torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "none")
     start_step, t_start, t_data = step, time.perf_counter(), 0.0
+    if stop == 0:   # an untrained model (epochs 0): its callbacks still measure it, at step 0
+        for cb in callbacks:
+            if getattr(cb, "main_only", True) and not info.is_main: continue
+            with evaluating(backbone): out = cb(backbone, 0)
+            if out:
+                log.log({"step": 0, **{f"eval/{k}": float(v) for k, v in out.items()}})
+                evals = {k: float(v) for k, v in out.items()}
     model.train()
     it = iter(loader)
     while step < stop and not (plateau and plateau.stopped):

@@ -42,8 +42,14 @@ def test_untrained_stage_run(tmp_path):
     run = {"data": str(data), "overrides": {"device": "cpu", "network": "iresnet18", "width": 0.125, "input_size": 32,
                                             "embedding_size": 16, "batch_size": 4, "num_workers": 0, "num_threads": 1,
                                             "epochs": 0}}
-    summary = train_fr_run("untrained", run, tmp_path / "fr", progress=False)
+    from synthface_nb.data import ImageFolderDataset
+    from synthface_nb.verification_bin import write_benchmark_bin
+    write_benchmark_bin(ImageFolderDataset(data), tmp_path / "bench" / "colours.bin", n_pairs=20, seed=0)
+    summary = train_fr_run("untrained", run, tmp_path / "fr", benchmarks=tmp_path / "bench", progress=False)
     assert (summary["steps"], summary["finished"], summary["first_loss"]) == (0, True, None)
+    # the untrained network is still measured, and its live plots exist (dvc.yaml declares them for every FR run)
+    assert set(summary["verification"]) == {"colours"} and 0 <= summary["verification"]["colours"] <= 1
+    assert (tmp_path / "fr" / "live" / "plots" / "metrics").is_dir()
     fr = load_fr_model(tmp_path / "fr" / "model.pt")
     assert fr.embed(torch.zeros(2, 3, 112, 112)).shape == (2, 16)
     assert load_checkpoint(tmp_path / "fr" / "checkpoint.pt", kind="fr_train")["step"] == 0
