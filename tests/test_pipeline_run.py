@@ -110,6 +110,7 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
     params.update(
         plugins=["toy_method"],
         generators={"toy": {"family": "toy_colours", "data": "data/authentic", "overrides": {"max_identities": 12}}},
+        generators_with_teacher={},   # no teacher-conditioned generator in this toy pipeline
         generated={"toy": {"generator": "toy", "overrides": {"per_identity": 6}}},
         align={"toy": {"input": "artifacts/generated/toy", "overrides": {"detector": "template"}}},
         fr_runs={"toy_spread": {"data": "artifacts/aligned/toy", "objective": "toy_spread",
