@@ -23,7 +23,7 @@ from .metrics import json_ready
 from .runloop import run_environment
 from .plots import plot_score_histograms, save_figure
 from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated_set_quality, genuine_scores,
-                                  genuine_statistics, impostor_scores, subject_agreement)
+                                  genuine_statistics, impostor_scores, subject_agreement, AGREEMENT_KEYS)
 
 # %% auto #0
 __all__ = ['threshold_at_fmr', 'wilson_interval', 'cluster_bootstrap_share', 'identity_leakage', 'label_relation',
@@ -221,8 +221,9 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     agreement = {"authentic": subject_agreement(model, auth, seed=seed)}   # how well one identity's images agree
     for name, path in sets.items():
         syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)
-        agreement[name] = subject_agreement(model, syn, seed=seed)
         q = generated_set_quality(model, syn, auth_ds, mu, sigma, fid=fid, batch_size=batch_size, device=device, seed=seed)
+        if q["verification"] is None: raise ValueError(f"{path}: subject agreement needs identities with two images and two identities")
+        agreement[name] = {k: q["verification"][k] for k in AGREEMENT_KEYS}   # subject_agreement's figures, computed once
         write_json_atomic(out_dir/"sets"/name/"quality.json", json_ready(q))
         lk = leakage_audit(syn, auth, out_dir/"sets"/name, fmr, relation, k, device=device, seed=seed)
         rel = lk["identity_relation"]

@@ -21,8 +21,8 @@ from .metrics import score_metrics
 from .verification import as_embedder, embed_flip_sum, eval_batch_size
 
 # %% auto #0
-__all__ = ['EmbeddedSet', 'embed_dataset', 'genuine_scores', 'impostor_scores', 'genuine_statistics', 'subject_agreement',
-           'centre_similarities', 'dataset_quality', 'generated_set_quality']
+__all__ = ['AGREEMENT_KEYS', 'EmbeddedSet', 'embed_dataset', 'genuine_scores', 'impostor_scores', 'genuine_statistics',
+           'subject_agreement', 'centre_similarities', 'dataset_quality', 'generated_set_quality']
 
 # %% ../nbs/43_quality.ipynb #1a310375
 @dataclass
@@ -96,6 +96,8 @@ def genuine_statistics(embedded: EmbeddedSet) -> tuple[float, float]:
     return float(g.mean()), float(g.std())
 
 # %% ../nbs/43_quality.ipynb #a677fbd3
+AGREEMENT_KEYS = ("n_genuine", "n_impostor", "genuine_mean", "genuine_std", "impostor_mean", "impostor_std", "eer")
+
 def subject_agreement(model, dataset: FaceDataset | EmbeddedSet, batch_size: int | None = None,
                       device: str | torch.device = "cpu", max_impostors: int = 200_000, seed: int = 0) -> dict:
     "Genuine (same folder) and impostor cosine mean/std and the EER of a face set under `model`"
@@ -103,7 +105,7 @@ def subject_agreement(model, dataset: FaceDataset | EmbeddedSet, batch_size: int
     g, imp = genuine_scores(emb.embeddings, emb.labels), impostor_scores(emb.embeddings, emb.labels, max_impostors, seed)
     if not len(g) or not len(imp): raise ValueError(f"{emb!r}: subject agreement needs identities with two images and two identities")
     m = score_metrics(g, imp)
-    return {k: m[k] for k in ("n_genuine", "n_impostor", "genuine_mean", "genuine_std", "impostor_mean", "impostor_std", "eer")}
+    return {k: m[k] for k in AGREEMENT_KEYS}   # the same figures as `dataset_quality`'s "verification"
 
 # %% ../nbs/43_quality.ipynb #9f83a5ea
 def centre_similarities(centres: np.ndarray, max_pairs: int = 5_000_000, seed: int = 0) -> np.ndarray:
