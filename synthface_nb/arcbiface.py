@@ -190,7 +190,7 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
 def arcbiface_generate_defaults() -> dict:
     "ArcBiFaceGAN's generation settings: 100 identities x 32 samples, psi 0.7, the Privacy & Diversity filter inside"
     return {"num_identities": 100,       # candidate identities 0..n-1; a discarded one leaves a gap in the numbering
-            "images_per_identity": 32, "truncation_psi": 0.7, "noise_mode": "random",
+            "images_per_identity": 32, "sampling": {"truncation_psi": 0.7, "noise_mode": "random"},
             "filter": True, "max_attempts": 2500, "thresholds": "authentic", "mu": 0.776, "sigma": 0.077,
             "first_sample_check": False, "min_face_probability": 0.97,
             "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0}
@@ -215,8 +215,7 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
     model_dir, out_dir, s = Path(model_dir), Path(out_dir), settings
     if s["num_threads"]: torch.set_num_threads(s["num_threads"])
     info, dev = init_distributed(s["device"])
-    gen = load_generator(model_dir/"generator.pt", device=dev, batch_size=s["batch_size"], truncation_psi=s["truncation_psi"],
-                         noise_mode=s["noise_mode"])
+    gen = load_generator(model_dir/"generator.pt", device=dev, batch_size=s["batch_size"])
     size = s["output_size"] if s["output_size"] > 0 else None
     if s["filter"]:
         fr = load_fr_model(model_dir/CONDITION_MODEL_FILE, device=dev)
@@ -229,14 +228,14 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
             check = face_detection_check(load_mtcnn(device=dev), s["min_face_probability"])
         report = write_filtered_dataset(gen, fr, out_dir, s["num_identities"], s["images_per_identity"], reference,
                                         seed=seed, mu=mu, sigma=sigma, max_attempts=s["max_attempts"],
-                                        truncation_psi=s["truncation_psi"], noise_mode=s["noise_mode"],
-                                        batch_size=s["batch_size"], first_sample_check=check, output_size=size,
+                                        sampling=s["sampling"], batch_size=s["batch_size"], first_sample_check=check,
+                                        output_size=size,
                                         source=file_digest(model_dir/"generator.pt"), on_change="restart", device=dev,
                                         progress=progress)
     else:
         report = write_generated_dataset(gen, out_dir, s["images_per_identity"], s["num_identities"], seed=seed,
-                                         seed_policy="derived", truncation_psi=s["truncation_psi"], noise_mode=s["noise_mode"],
-                                         batch_size=s["batch_size"], output_size=size,
+                                         seed_policy="derived", sampling=s["sampling"], batch_size=s["batch_size"],
+                                         output_size=size,
                                          source=file_digest(model_dir/"generator.pt"), on_change="restart", progress=progress)
         barrier()   # every rank's identities are written before the manifest is assembled
         if info.is_main: report["manifest"] = str(finalize_manifest(out_dir, s["num_identities"]))

@@ -40,12 +40,11 @@ def embed_images(fr_model: FRModel, images: torch.Tensor, device: str | torch.de
     x = resize_to(to_float_images(images, device), tuple(fr_model.input_size))
     return torch.nn.functional.normalize(fr_model.embed(x).float(), dim=1).cpu().numpy()
 
-def _candidates(generator: FaceGenerator, identity: int, seed: int, attempts: range, truncation_psi: float,
-                noise_mode: str, output_size: int | None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def _candidates(generator: FaceGenerator, identity: int, seed: int, attempts: range, sampling: dict | None,
+                output_size: int | None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     "Seeds, float images as generated and uint8 images as written of the candidates `attempts` of `identity`"
     seeds = [attempt_seed(seed, identity, a) for a in attempts]
-    images = generator.generate(generator.identity_conditions([identity] * len(seeds), seed), seeds,
-                                truncation_psi=truncation_psi, noise_mode=noise_mode)
+    images = generator.generate(generator.identity_conditions([identity] * len(seeds), seed), seeds, sampling)
     written = to_uint8_images(resize_to(images, (output_size, output_size)) if output_size else images)
     return seeds, images, written
 
@@ -68,12 +67,12 @@ class IdentityDraw:
 
 # %% ../nbs/24a_filtered_generation.ipynb #3c522bab
 def draw_identity(generator: FaceGenerator, fr_model: FRModel, rule: PrivacyDiversityRule, identity: int, seed: int,
-                  images_per_identity: int, max_attempts: int = 2500, batch_size: int = 64, truncation_psi: float = 0.7,
-                  noise_mode: str = "random", output_size: int | None = None,
+                  images_per_identity: int, max_attempts: int = 2500, batch_size: int = 64, sampling: dict | None = None,
+                  output_size: int | None = None,
                   first_sample_check: Callable[[np.ndarray], str] | None = None, device: str | torch.device = "cpu") -> IdentityDraw:
     "Draw candidates of `identity` in attempt order, judged by `rule`, until enough are kept or `max_attempts` are spent"
     rgb = generator.modality_slices()["rgb"]
-    seeds, images, written = _candidates(generator, identity, seed, range(1), truncation_psi, noise_mode, output_size)
+    seeds, images, written = _candidates(generator, identity, seed, range(1), sampling, output_size)
     first = embed_images(fr_model, written[:, rgb], device)[0]
     face = to_uint8_images(images[0, rgb]).permute(1, 2, 0).numpy()   # what a face detector sees: the generator's image
     if why := (first_sample_check(face) if first_sample_check else "") or rule.check_first(first):
@@ -82,7 +81,7 @@ def draw_identity(generator: FaceGenerator, fr_model: FRModel, rule: PrivacyDive
     for start in range(1, max_attempts, batch_size):
         if len(draw.kept) == images_per_identity: break
         seeds, _, written = _candidates(generator, identity, seed, range(start, min(start + batch_size, max_attempts)),
-                                        truncation_psi, noise_mode, output_size)
+                                        sampling, output_size)
         emb = embed_images(fr_model, written[:, rgb], device)
         _, ref_c, _, acc_c = rule.nearest_identities(emb)   # the accepted identities do not change within an identity
         for j, other_c in enumerate(np.maximum(ref_c, acc_c)):
@@ -106,7 +105,7 @@ def identity_status(out_dir: Path, identity: int) -> str | None:
     if _filtered_out_path(out_dir, identity).is_file(): return "filtered"   # first: a drop writes it before removing the folder
     return "kept" if identity_dir(out_dir, identity).is_dir() else None
 
-def write_identity(out_dir: Path, draw: IdentityDraw, slices: dict[str, slice], truncation_psi: float, noise_mode: str) -> None:
+def write_identity(out_dir: Path, draw: IdentityDraw, slices: dict[str, slice], sampling: dict) -> None:
     "Write a kept identity atomically (images, partners, first embedding, manifest), or the record of one without images"
     if draw.status != "kept":
         write_json_atomic(_filtered_out_path(out_dir, draw.identity), draw.filter_record()); return
@@ -114,7 +113,7 @@ def write_identity(out_dir: Path, draw: IdentityDraw, slices: dict[str, slice], 
     with atomic_dir(identity_dir(out_dir, k)) as tmp:
         for i, (attempt, seed, image) in enumerate(draw.kept):
             lines.append({"identity": k, "index": i, **manifest_paths(k, write_modalities(tmp, i, image, slices)), "seed": seed,
-                          "attempt": attempt, "truncation_psi": truncation_psi, "noise_mode": noise_mode})
+                          "attempt": attempt, "sampling": sampling})
         np.save(tmp / ".first_embedding.npy", draw.first.astype(np.float32))
         (tmp / ".manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines + [draw.filter_record()]))
 
@@ -168,7 +167,7 @@ def finalize_filtered_dataset(out_dir: str | Path) -> dict | None:
 
 # %% ../nbs/24a_filtered_generation.ipynb #62fb9a59
 def _filtered_spec(generator, fr_model, reference, num_identities, images_per_identity, seed, mu, sigma, max_attempts,
-                   truncation_psi, noise_mode, output_size, first_sample_check, source, world_size) -> dict:
+                   sampling, output_size, first_sample_check, source, world_size) -> dict:
     same, similar = arcbifacegan_thresholds(mu, sigma)
     return {"generator": generator.config(), "source": source, "seed": seed, "seed_policy": "derived (per attempt)",
             "fr_model": {"name": fr_model.name, "input_size": list(fr_model.input_size)},
@@ -176,13 +175,13 @@ def _filtered_spec(generator, fr_model, reference, num_identities, images_per_id
             "num_identities": num_identities, "images_per_identity": images_per_identity, "max_attempts": max_attempts,
             "mu": mu, "sigma": sigma, "thresholds": {"same_identity": same, "too_similar": similar},
             "first_sample_check": getattr(first_sample_check, "__qualname__", None if first_sample_check is None else type(first_sample_check).__name__),
-            "truncation_psi": truncation_psi, "noise_mode": noise_mode, "output_size": output_size, "world_size": world_size}
+            "sampling": sampling, "output_size": output_size, "world_size": world_size}
 
 # %% ../nbs/24a_filtered_generation.ipynb #95d5d314
 def write_filtered_dataset(generator: FaceGenerator, fr_model: FRModel, out_dir: str | Path, num_identities: int,
                            images_per_identity: int, reference: np.ndarray | None = None, seed: int = 0,
                            mu: float = ARCBIFACEGAN_MU, sigma: float = ARCBIFACEGAN_SIGMA, max_attempts: int = 2500,
-                           truncation_psi: float = 0.7, noise_mode: str = "random", batch_size: int = 64,
+                           sampling: dict | None = None, batch_size: int = 64,
                            rank: int | None = None, world_size: int | None = None,
                            first_sample_check: Callable[[np.ndarray], str] | None = None, output_size: int | None = None,
                            source: str | None = None, on_change: str = "error", device: str | torch.device = "cpu",
@@ -194,10 +193,11 @@ def write_filtered_dataset(generator: FaceGenerator, fr_model: FRModel, out_dir:
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
     reference = np.zeros((0, 0), np.float32) if reference is None else np.ascontiguousarray(reference, np.float32)
+    sampling = generator.resolve_sampling(sampling)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_generation_spec(out_dir / "generation.json",
                           _filtered_spec(generator, fr_model, reference, num_identities, images_per_identity, seed, mu, sigma,
-                                         max_attempts, truncation_psi, noise_mode, output_size, first_sample_check, source,
+                                         max_attempts, sampling, output_size, first_sample_check, source,
                                          world_size), on_change, [out_dir], world_size)
     mine = list(shard_range(num_identities, rank, world_size))
     mine_names = {f"{k:06d}" for k in mine}   # other ranks' temporary folders may be in use
@@ -211,8 +211,8 @@ def write_filtered_dataset(generator: FaceGenerator, fr_model: FRModel, out_dir:
         status = identity_status(out_dir, k)
         if status is None:
             draw = draw_identity(generator, fr_model, rule, k, seed, images_per_identity, max_attempts, batch_size,
-                                 truncation_psi, noise_mode, output_size, first_sample_check, device)
-            write_identity(out_dir, draw, generator.modality_slices(), truncation_psi, noise_mode)
+                                 sampling, output_size, first_sample_check, device)
+            write_identity(out_dir, draw, generator.modality_slices(), sampling)
             report["drawn_identities"] += 1; report["images_written"] += len(draw.kept) if draw.status == "kept" else 0
             if draw.status == "kept": rule.accept_identity(draw.first, label=k)
         else:

@@ -85,7 +85,7 @@ def _embed_images(fr: FRModel, imgs: TrainingImages, batch_size: int = 256) -> t
 
 def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Tensor, real_labels: np.ndarray,
                      per_class: int = 10, max_classes: int = 50, seed: int = 0, real_thumbnails: np.ndarray | None = None,
-                     **generate_kwargs) -> dict:
+                     sampling: dict | None = None) -> dict:
     "Identity accuracy (nearest real class centre) and KID of a generator's images embedded with `fr`, and pixel KID"
     k = gen.num_identities
     if k is None: raise ValueError("generator_scores needs a generator with a finite identity set (class-conditional)")
@@ -93,7 +93,7 @@ def generator_scores(gen: FaceGenerator, fr: FRModel, real_embeddings: torch.Ten
     ids = np.unique(np.linspace(0, k - 1, num=min(max_classes, k)).round().astype(int))
     rep_ids = np.repeat(ids, per_class)
     seeds = [int(sample_rng(seed, int(c), i).integers(2**32)) for c in ids for i in range(per_class)]
-    imgs = gen.generate(gen.identity_conditions(rep_ids), seeds, **generate_kwargs)[:, gen.modality_slices()["rgb"]]
+    imgs = gen.generate(gen.identity_conditions(rep_ids), seeds, sampling)[:, gen.modality_slices()["rgb"]]
     emb = fr.embed(imgs)
     out = {"identity_acc": identity_accuracy(emb, rep_ids, centres), "kid": kid(real_embeddings.numpy(), emb.numpy(), num_subsets=50)}
     if real_thumbnails is not None: out["pixel_kid"] = kid(real_thumbnails, thumbnail_features(imgs), num_subsets=50)

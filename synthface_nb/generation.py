@@ -56,11 +56,10 @@ def manifest_paths(identity: int, names: dict[str, str]) -> dict:
 
 # %% ../nbs/24_generation.ipynb #052d34f2
 def _spec(generator: FaceGenerator, identities: list[int], per_identity: int, seed: int, seed_policy: str,
-          truncation_psi: float, noise_mode: str, source: str | None, output_size: int | None) -> dict:
+          sampling: dict, source: str | None, output_size: int | None) -> dict:
     ids = np.asarray(identities, dtype=np.int64)
     return {"generator": generator.config(), "source": source, "seed": seed, "seed_policy": seed_policy,
-            "truncation_psi": truncation_psi, "noise_mode": noise_mode, "images_per_identity": per_identity,
-            "output_size": output_size,
+            "sampling": sampling, "images_per_identity": per_identity, "output_size": output_size,
             "identities": {"count": len(ids), "first": int(ids[0]) if len(ids) else None,
                            "last": int(ids[-1]) if len(ids) else None,
                            "sum": int(ids.sum()), "sum_sq": int((ids ** 2).sum())}}
@@ -84,8 +83,7 @@ def check_generation_spec(path: Path, spec: dict, on_change: str, folders: list[
     write_json_atomic(path, spec)
 
 # %% ../nbs/24_generation.ipynb #858b67cf
-def _write_group(generator, group, pending, out_dir, per_identity, seed, policy, psi, noise_mode, batch_size,
-                 output_size, gen_kwargs):
+def _write_group(generator, group, pending, out_dir, per_identity, seed, policy, sampling, batch_size, output_size):
     "Generate every image of `group` (fixed batch composition); write those of `pending` identities atomically"
     slices = generator.modality_slices()
     seeds = {k: seed_policies.get(policy)(seed, k, per_identity) for k in group}
@@ -97,25 +95,23 @@ def _write_group(generator, group, pending, out_dir, per_identity, seed, policy,
             chunk = items[s:s + batch_size]
             ks = [k for k, _ in chunk]
             sd = [int(seeds[k][i]) for k, i in chunk]
-            imgs = generator.generate(generator.identity_conditions(ks, seed), sd, truncation_psi=psi,
-                                      noise_mode=noise_mode, **gen_kwargs)
+            imgs = generator.generate(generator.identity_conditions(ks, seed), sd, sampling)
             if output_size is not None: imgs = resize_to(imgs, (output_size, output_size))
             for (k, i), sv, im in zip(chunk, sd, to_uint8_images(imgs)):
                 if k not in tmp: continue
                 paths = manifest_paths(k, write_modalities(tmp[k], i, im, slices))
-                manifests[k].append(json.dumps({"identity": k, "index": i, **paths, "seed": sv, "truncation_psi": psi,
-                                                "noise_mode": noise_mode, "seed_policy": policy}) + "\n")
+                manifests[k].append(json.dumps({"identity": k, "index": i, **paths, "seed": sv, "seed_policy": policy,
+                                                "sampling": sampling}) + "\n")
         for k, lines in manifests.items(): (tmp[k] / ".manifest.jsonl").write_text("".join(lines))
     return sum(len(lines) for lines in manifests.values())
 
 # %% ../nbs/24_generation.ipynb #8331af38
 def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, images_per_identity: int,
                             identities: Sequence[int] | int | None = None, seed: int = 0, seed_policy: str = "sface",
-                            truncation_psi: float = 1.0, noise_mode: str = "random", batch_size: int = 64,
+                            sampling: dict | None = None, batch_size: int = 64,
                             rank: int | None = None, world_size: int | None = None,
                             source: str | None = None, output_size: int | None = None, on_change: str = "error",
-                            progress: bool = True,
-                            **generate_kwargs) -> dict:
+                            progress: bool = True) -> dict:
     "Generate `images_per_identity` images of each identity into out_dir/<identity:06d>/<index:06d>.png (+ partners), resumably"
     t0, out_dir = time.perf_counter(), Path(out_dir)
     if identities is None:
@@ -123,13 +119,14 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
         identities = generator.num_identities
     ids = list(range(identities)) if isinstance(identities, (int, np.integer)) else [int(i) for i in identities]
     seed_policies.get(seed_policy)  # fail early on an unknown policy
+    sampling = generator.resolve_sampling(sampling)   # recorded whole: the family's defaults may change, the record not
     if on_change not in ("error", "restart"): raise ValueError(f"on_change must be 'error' or 'restart', got {on_change!r}")
     info = dist_info()
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
     out_dir.mkdir(parents=True, exist_ok=True)
     check_generation_spec(out_dir / "generation.json", _spec(generator, ids, images_per_identity, seed, seed_policy,
-                                                             truncation_psi, noise_mode, source, output_size),
+                                                             sampling, source, output_size),
                           on_change, [out_dir], world_size)
     mine = [ids[j] for j in shard_range(len(ids), rank, world_size)]
     mine_names = {f"{k:06d}" for k in mine}  # other ranks' temporary folders may be in use
@@ -143,8 +140,7 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
         report["skipped_identities"] += len(group) - len(pending)
         if pending:
             report["images_written"] += _write_group(generator, group, pending, out_dir, images_per_identity, seed,
-                                                     seed_policy, truncation_psi, noise_mode, batch_size, output_size,
-                                                     generate_kwargs)
+                                                     seed_policy, sampling, batch_size, output_size)
             report["generated_identities"] += len(pending)
         bar.update(len(group))
     bar.close()
@@ -175,7 +171,7 @@ def read_manifest(path: str | Path) -> list[dict]:
 # %% ../nbs/24_generation.ipynb #18b5d2cc
 def generate_from_checkpoint(generator_path: str | Path, out_dir: str | Path, images_per_identity: int,
                              num_identities: int | None = None, seed: int = 0, seed_policy: str = "sface",
-                             truncation_psi: float = 1.0, noise_mode: str = "random", batch_size: int = 64,
+                             sampling: dict | None = None, batch_size: int = 64,
                              device: str = "auto", output_size: int | None = None, on_change: str = "error",
                              progress: bool = True) -> dict:
     "Load a generator checkpoint and write its dataset (this rank's share), then the manifest once all ranks are done"
@@ -183,7 +179,7 @@ def generate_from_checkpoint(generator_path: str | Path, out_dir: str | Path, im
     gen = load_generator(generator_path, device=dev, batch_size=batch_size)
     ids = num_identities if num_identities is not None else gen.num_identities
     rep = write_generated_dataset(gen, out_dir, images_per_identity, ids, seed=seed, seed_policy=seed_policy,
-                                  truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size,
+                                  sampling=sampling, batch_size=batch_size,
                                   source=file_digest(generator_path), output_size=output_size, on_change=on_change,
                                   progress=progress)
     counts = ("identities", "generated_identities", "skipped_identities", "images_written")
@@ -199,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", required=True); ap.add_argument("--out", required=True)
     ap.add_argument("--per-identity", type=int, required=True); ap.add_argument("--identities", type=int)
     ap.add_argument("--seed", type=int, default=0); ap.add_argument("--seed-policy", default="sface")
-    ap.add_argument("--psi", type=float, default=1.0); ap.add_argument("--noise-mode", default="random")
+    ap.add_argument("--sampling", type=json.loads, default=None,
+                    help='the family\'s sampling settings as JSON, e.g. \'{"truncation_psi": 0.7}\' (default: its defaults)')
     ap.add_argument("--batch-size", type=int, default=64); ap.add_argument("--device", default="auto")
     ap.add_argument("--output-size", type=int)
     a = ap.parse_args(argv)
     try:
-        rep = generate_from_checkpoint(a.generator, a.out, a.per_identity, a.identities, a.seed, a.seed_policy, a.psi,
-                                       a.noise_mode, a.batch_size, a.device, a.output_size, progress=False)
+        rep = generate_from_checkpoint(a.generator, a.out, a.per_identity, a.identities, a.seed, a.seed_policy, a.sampling,
+                                       a.batch_size, a.device, a.output_size, progress=False)
         print(json.dumps(rep), flush=True)
     finally: shutdown_distributed()
     return 0

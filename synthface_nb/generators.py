@@ -19,7 +19,7 @@ from .core import Registry, derive_seed, load_checkpoint, sample_rng
 # %% auto #0
 __all__ = ['conditionings', 'generators', 'seed_policies', 'Conditions', 'ClassConditioning', 'EmbeddingConditioning',
            'FaceGenerator', 'as_face_generator', 'load_generator', 'sface_seeds', 'derived_seeds', 'latent_from_seed',
-           'latents_from_seeds']
+           'latents_from_seeds', 'check_generator']
 
 # %% ../nbs/20_generators.ipynb #a8d1eb19
 @dataclass
@@ -96,9 +96,22 @@ class FaceGenerator(abc.ABC):
         else: ids, seed = rng.choice(k, size=n, replace=n > k), 0
         return self.identity_conditions(ids, seed)
 
+    def sampling_defaults(self) -> dict:
+        "The family's sampling settings and their defaults (none for a family that has nothing to choose)"
+        return {}
+
+    def resolve_sampling(self, sampling: dict | None = None) -> dict:
+        "`sampling` completed with the family's defaults; a key the family does not know is refused"
+        defaults = self.sampling_defaults()
+        unknown = sorted(set(sampling or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"{self.family} generator: unknown sampling setting(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(defaults)) or 'none'}")
+        return {**defaults, **(sampling or {})}
+
     @abc.abstractmethod
-    def generate(self, cond: Conditions, seeds: Sequence[int], **kwargs) -> torch.Tensor:
-        "Float images (n, sum of modality channels, H, W) in [-1, 1], image i from (cond[i], seeds[i])"
+    def generate(self, cond: Conditions, seeds: Sequence[int], sampling: dict | None = None) -> torch.Tensor:
+        "Float images (n, sum of modality channels, H, W) in [-1, 1], image i from (cond[i], seeds[i], sampling)"
 
     def modality_slices(self) -> dict[str, slice]:
         "Channel slice of each modality in the output of `generate`"
@@ -163,3 +176,37 @@ def latent_from_seed(seed: int, dim: int) -> np.ndarray:
 def latents_from_seeds(seeds: Sequence[int], dim: int, device: str | torch.device = "cpu") -> torch.Tensor:
     "Stack `latent_from_seed` for every seed as a float32 tensor on `device`"
     return torch.as_tensor(np.stack([latent_from_seed(s, dim) for s in seeds]), dtype=torch.float32, device=device)
+
+# %% ../nbs/20_generators.ipynb #1a82b542
+def check_generator(gen: FaceGenerator, identities: Sequence[int] | None = None, seeds: Sequence[int] = (11, 12, 13),
+                    seed: int = 0, sampling: dict | None = None, atol: float = 0.0) -> dict:
+    "Check that `gen` keeps the FaceGenerator promises; an AssertionError names the first broken one; the figures checked"
+    import json
+    n = len(seeds)
+    ids = list(identities) if identities is not None else [k % (gen.num_identities or n) for k in range(n)]
+    name = f"generator '{gen.family}'"
+    cond = gen.identity_conditions(ids, seed)
+    assert torch.equal(cond.values, gen.identity_conditions(ids, seed).values), f"{name}: conditions are not a pure function of (seed, identity)"
+    imgs = gen.generate(cond, seeds, sampling)
+    channels = sum(gen.modalities.values())
+    want = (n, channels, gen.resolution, gen.resolution)
+    assert tuple(imgs.shape) == want, f"{name}: images of shape {tuple(imgs.shape)}, declared {want}"
+    assert imgs.is_floating_point() and bool(torch.isfinite(imgs).all()), f"{name}: images are not finite floats"
+    assert float(imgs.abs().max()) <= 1.0, f"{name}: values reach {float(imgs.abs().max()):.3f}, outside [-1, 1]"
+    covered = [c for sl in gen.modality_slices().values() for c in range(channels)[sl]]
+    assert covered == list(range(channels)), f"{name}: modality slices {gen.modality_slices()} do not tile {channels} channels"
+    assert torch.equal(gen.generate(cond, seeds, sampling), imgs), f"{name}: the same (conditions, seeds) gave other images"
+    alone = torch.cat([gen.generate(cond[[i]], [seeds[i]], sampling) for i in range(n)])
+    rev = gen.generate(cond[list(range(n))[::-1]], list(seeds)[::-1], sampling).flip(0)
+    gaps = {"alone": float((alone - imgs).abs().max()), "reversed": float((rev - imgs).abs().max())}
+    for how, gap in gaps.items():
+        assert gap <= atol, f"{name}: image i generated {how} differs from image i in the batch by {gap:.3g} (atol {atol})"
+    other = gen.generate(cond[[0]], [int(seeds[0]) + 1], sampling)
+    assert not torch.equal(other[0], imgs[0]), f"{name}: another seed gave the same image"
+    assert gen.resolve_sampling(None) == gen.sampling_defaults(), f"{name}: resolve_sampling(None) is not sampling_defaults()"
+    try: gen.resolve_sampling({"no_such_setting": 1}); refused = False
+    except ValueError: refused = True
+    assert refused, f"{name}: an unknown sampling key was accepted"
+    json.dumps(gen.config())   # a manifest records it
+    return {"shape": want, "max_abs": float(imgs.abs().max()), **{f"gap_{k}": v for k, v in gaps.items()},
+            "sampling": gen.resolve_sampling(sampling)}

@@ -49,8 +49,9 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
 # %% ../nbs/26_sface.ipynb #45709a41
 def sface_generate_defaults() -> dict:
     "SFace's generation settings: every class, SFace-60, seeds from range(1, 1001), psi 1, resized to the aligned 112"
-    return {"images_per_identity": 60, "num_identities": -1, "seed_policy": "sface", "truncation_psi": 1.0,
-            "noise_mode": "random", "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0,
+    return {"images_per_identity": 60, "num_identities": -1, "seed_policy": "sface",
+            "sampling": {"truncation_psi": 1.0, "noise_mode": "random"},   # generate.py's, as SFace ran it
+            "output_size": 112, "batch_size": 64, "device": "auto", "nproc": 1, "num_threads": 0,
             # ArcBiFaceGAN's Privacy & Diversity filter inside generation, off in SFace's protocol
             "filter": False, "filter_model": "", "filter_reference": "", "max_attempts": 2500, "thresholds": "authentic",
             "mu": 0.776, "sigma": 0.077}
@@ -63,8 +64,8 @@ def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str |
     if s["filter"]: return generate_sface_filtered(generator, out_dir, report_dir, s, seed, progress)
     report = generate_from_checkpoint(generator, out_dir, s["images_per_identity"],
                                       s["num_identities"] if s["num_identities"] >= 0 else None, seed=seed,
-                                      seed_policy=s["seed_policy"], truncation_psi=s["truncation_psi"],
-                                      noise_mode=s["noise_mode"], batch_size=s["batch_size"], device=s["device"],
+                                      seed_policy=s["seed_policy"], sampling=s["sampling"], batch_size=s["batch_size"],
+                                      device=s["device"],
                                       output_size=s["output_size"] if s["output_size"] > 0 else None, on_change="restart",
                                       progress=progress)
     if dist_info().is_main:   # under torchrun every rank generates its share of the classes; one describes the set
@@ -94,8 +95,7 @@ def generate_sface_filtered(generator: str | Path, out_dir: str | Path, report_d
                  else (float(s["mu"]), float(s["sigma"])))
     n = s["num_identities"] if s["num_identities"] >= 0 else gen.num_identities
     report = write_filtered_dataset(gen, fr, out_dir, n, s["images_per_identity"], reference, seed=seed, mu=mu, sigma=sigma,
-                                    max_attempts=s["max_attempts"], truncation_psi=s["truncation_psi"],
-                                    noise_mode=s["noise_mode"], batch_size=s["batch_size"],
+                                    max_attempts=s["max_attempts"], sampling=s["sampling"], batch_size=s["batch_size"],
                                     output_size=s["output_size"] if s["output_size"] > 0 else None,
                                     source=file_digest(generator), on_change="restart", device=dev, progress=progress)
     if info.is_main:

@@ -448,34 +448,37 @@ class StyleGAN2FaceGenerator(FaceGenerator):
     "A (class- or embedding-conditioned) StyleGAN2 generator as a `FaceGenerator`"
     family = "stylegan2"
 
-    def __init__(self, G: Generator, conditioning=None, device: str | torch.device = "cpu",
-                 truncation_psi: float = 1.0, noise_mode: str = "random", batch_size: int = 32):
+    def __init__(self, G: Generator, conditioning=None, device: str | torch.device = "cpu", batch_size: int = 32):
         super().__init__(conditioning if conditioning is not None else ClassConditioning(G.c_dim))
         if self.conditioning.dim != G.c_dim:
             raise ValueError(f"conditioning gives {self.conditioning.dim}-d conditions but the generator has c_dim={G.c_dim}")
-        if noise_mode not in ("random", "const", "none"): raise ValueError(f"noise_mode must be random, const or none, got '{noise_mode}'")
         self.G, self.device = G.eval().requires_grad_(False).to(device), torch.device(device)
         self.resolution, self.modalities = G.img_resolution, dict(G.heads)
-        self.truncation_psi, self.noise_mode, self.batch_size = truncation_psi, noise_mode, batch_size
+        self.batch_size = batch_size
 
-    def generate(self, cond: Conditions, seeds: Sequence[int], truncation_psi: float | None = None,
-                 truncation_cutoff: int | None = None, noise_mode: str | None = None) -> torch.Tensor:
+    def sampling_defaults(self) -> dict:
+        "generate.py's: ψ = 1 (no truncation) on every layer, per-pixel noise drawn from the image's seed"
+        return {"truncation_psi": 1.0, "truncation_cutoff": None, "noise_mode": "random"}
+
+    def generate(self, cond: Conditions, seeds: Sequence[int], sampling: dict | None = None) -> torch.Tensor:
         if len(cond) != len(seeds): raise ValueError(f"generate: {len(cond)} conditions but {len(seeds)} seeds")
-        psi = self.truncation_psi if truncation_psi is None else truncation_psi
-        mode = self.noise_mode if noise_mode is None else noise_mode
-        out = []
+        s = self.resolve_sampling(sampling)
+        psi, truncation_cutoff, mode = float(s["truncation_psi"]), s["truncation_cutoff"], s["noise_mode"]
+        if mode not in ("random", "const", "none"): raise ValueError(f"noise_mode must be random, const or none, got '{mode}'")
+        out, B = [], self.batch_size
         with torch.inference_mode():
-            for s in range(0, len(seeds), self.batch_size):
-                sd = [int(v) for v in seeds[s:s + self.batch_size]]
+            for s in range(0, len(seeds), B):
+                sd, c = [int(v) for v in seeds[s:s + B]], cond.values[s:s + B].to(self.device)
+                n, pad = len(sd), B - len(sd)   # every batch has B rows (see below): a short one is padded
+                sd, c = sd + sd[-1:] * pad, torch.cat([c, c[-1:].expand(pad, -1)])
                 z = latents_from_seeds(sd, self.G.z_dim, self.device)
                 noise = self.G.synthesis.sample_noise(sd, self.device) if mode == "random" else None
-                out.append(self.G(z, cond.values[s:s + self.batch_size].to(self.device), psi, truncation_cutoff,
-                                  noise_mode=mode, noise=noise).float())
+                img = self.G(z, c, psi, truncation_cutoff, noise_mode=mode, noise=noise)[:n].float()
+                out.append(img.clamp(-1, 1))   # the interface's range; generate.py clamps when it writes uint8
         return torch.cat(out) if out else torch.zeros(0, self.G.img_channels, self.resolution, self.resolution)
 
     def config(self) -> dict:
-        return {**super().config(), "truncation_psi": self.truncation_psi, "noise_mode": self.noise_mode,
-                "G_config": self.G.config}
+        return {**super().config(), "batch_size": self.batch_size, "G_config": self.G.config}
 
 @generators.register("stylegan2")
 def load_stylegan2_generator(state: dict, device: str | torch.device = "cpu", **kwargs) -> StyleGAN2FaceGenerator:

@@ -26,7 +26,7 @@ class NoiseGenerator(FaceGenerator):
     "Four identities of 8-px noise images, each a function of its seed"
     family, resolution = "noise", 8
     def __init__(self): super().__init__(ClassConditioning(4))
-    def generate(self, cond, seeds, **kwargs):
+    def generate(self, cond, seeds, sampling=None):
         return torch.stack([torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(int(s))) * 2 - 1 for s in seeds])
 
 

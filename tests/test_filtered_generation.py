@@ -23,7 +23,9 @@ class PatternFaces(FaceGenerator):
     "Identity k: a pattern drawn from its condition; each image adds noise drawn from its seed; RGB + 1-channel NIR"
     family, resolution, modalities = "pattern", SIZE, {"rgb": 3, "nir": 1}
     def __init__(self, noise: float): super().__init__(EmbeddingConditioning(dim=4 * SIZE * SIZE)); self.noise = noise
-    def generate(self, cond, seeds, truncation_psi=1.0, noise_mode="random"):
+    def sampling_defaults(self): return {"truncation_psi": 1.0}
+    def generate(self, cond, seeds, sampling=None):
+        truncation_psi = self.resolve_sampling(sampling)["truncation_psi"]
         base = cond.values.reshape(len(seeds), 4, SIZE, SIZE) / 4 * SIZE   # the condition has norm 4
         eps = torch.stack([torch.randn(4, SIZE, SIZE, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         return torch.tanh(0.5 * (base + self.noise * eps)) * truncation_psi
@@ -43,7 +45,7 @@ class ProjectionFR(FRModel):
 
 REFERENCE = sample_rng(3).standard_normal((20, 16))
 KW = dict(num_identities=12, images_per_identity=4, reference=REFERENCE, seed=5, max_attempts=40, batch_size=8,
-          output_size=OUT, progress=False)
+          output_size=OUT, sampling={"truncation_psi": 0.7}, progress=False)
 
 
 def _files(d):
@@ -73,7 +75,7 @@ def test_online_decisions_equal_the_batch_filter(generated):
         k, n = f["identity"], f["filter"]["attempts"]
         seeds = [attempt_seed(spec["seed"], k, a) for a in range(n)]
         imgs = to_uint8_images(resize_to(gen.generate(gen.identity_conditions([k] * n, spec["seed"]), seeds,
-                                                      truncation_psi=0.7), (OUT, OUT)))
+                                                      {"truncation_psi": 0.7}), (OUT, OUT)))
         emb.append(embed_images(fr, imgs[:, :3])); cands += [(k, a) for a in range(n)]
     mask, _ = PrivacyDiversityFilter(REFERENCE, samples_per_id=4).keep(np.concatenate(emb), np.array([k for k, _ in cands]))
     kept = [(r["identity"], r["attempt"]) for r in recs if "path" in r]
@@ -95,7 +97,7 @@ def test_every_kept_image_and_partner_regenerates_alone(generated):
     gen, spec = PatternFaces(noise=0.4), json.loads((out / "generation.json").read_text())
     for r in (r for r in read_manifest(out / "manifest.jsonl") if "path" in r):
         img = to_uint8_images(resize_to(gen.generate(gen.identity_conditions([r["identity"]], spec["seed"]), [r["seed"]],
-                                                     truncation_psi=r["truncation_psi"]), (OUT, OUT)))[0]
+                                                     r["sampling"]), (OUT, OUT)))[0]
         assert np.array_equal(decode_image(out / r["path"]), img[:3].permute(1, 2, 0).numpy())
         nir = Image.open(out / r["partners"]["nir"])
         assert nir.mode == "L" and np.array_equal(np.asarray(nir), img[3].numpy())

@@ -49,7 +49,7 @@ def test_torchrun_shards_match_one_process(tmp_path):
     assert one == two
     recs = read_manifest(tmp_path / "two" / "manifest.jsonl")
     assert [(r["identity"], r["index"]) for r in recs] == [(k, i) for k in range(7) for i in range(4)]
-    assert all(1 <= r["seed"] <= 1000 and r["truncation_psi"] == 1.0 for r in recs)
+    assert all(1 <= r["seed"] <= 1000 and r["sampling"]["truncation_psi"] == 1.0 for r in recs)
     assert len({r["seed"] for r in recs if r["identity"] == 3}) == 4  # distinct seeds within a class
 
 
