@@ -24,8 +24,8 @@ from .runloop import progress_bar
 __all__ = ['ARCFACE_TEMPLATE_112', 'LEGACY_TEMPLATE_96x112', 'TEMPLATES', 'NO_FACE', 'SEVERAL_FACES', 'LOW_PROBABILITY',
            'POLICIES', 'DETECTORS', 'UNREADABLE', 'NO_LANDMARKS', 'BAD_LANDMARKS', 'TOO_SMALL', 'ALIGN_ENTRY_KEYS',
            'get_template', 'similarity_transform', 'transform_points', 'warp_affine', 'align_faces', 'load_mtcnn',
-           'detect_faces', 'select_face', 'write_landmarks', 'read_landmarks', 'template_landmarks', 'align_dataset',
-           'align_defaults', 'align_run', 'before_after_grid']
+           'detect_faces', 'select_face', 'write_landmarks', 'read_landmarks', 'image_names', 'template_landmarks',
+           'align_dataset', 'align_defaults', 'align_run', 'before_after_grid']
 
 # %% ../nbs/04_align.ipynb #6bb959eb
 ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963],   # left eye (picture left)
@@ -186,7 +186,7 @@ DETECTORS = ("mtcnn", "landmarks", "template")
 UNREADABLE, NO_LANDMARKS, BAD_LANDMARKS = "unreadable image", "no landmarks", "degenerate landmarks"
 TOO_SMALL = "smaller than min_face_size"
 
-def _image_names(ds: FaceDataset) -> list[str]:
+def image_names(ds: FaceDataset) -> list[str]:
     "Each image's path relative to the dataset root (`<class>/<index>` for datasets without files)"
     if hasattr(ds, "paths") and hasattr(ds, "root"):
         return [Path(p).relative_to(ds.root).as_posix() for p in ds.paths]
@@ -235,7 +235,7 @@ def align_dataset(source: FaceDataset | str | Path, out_dir: str | Path, detecto
     if policy not in POLICIES: raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     points, size = get_template(template)
     ds = source if isinstance(source, FaceDataset) else ImageFolderDataset(source, skip_bad=True)
-    root, names, out_dir = getattr(ds, "root", None), _image_names(ds), Path(out_dir)
+    root, names, out_dir = getattr(ds, "root", None), image_names(ds), Path(out_dir)
     report_path = Path(report_path) if report_path else out_dir.with_name(out_dir.name + "_report.json")
     lm_file = Path(landmarks) if landmarks else None
     if lm_file is None and root is not None and (Path(root)/"landmarks.json").is_file(): lm_file = Path(root)/"landmarks.json"
@@ -329,7 +329,7 @@ def align_run(name: str, aligned: dict, output_dir: str | Path, report_path: str
 def before_after_grid(source: FaceDataset | str | Path, aligned_dir: str | Path, n: int = 8) -> np.ndarray:
     "Two rows: the first `n` aligned images' sources (squared, resized) over their crops from `aligned_dir`"
     ds = source if isinstance(source, FaceDataset) else ImageFolderDataset(source, skip_bad=True)
-    index = {str(Path(name).with_suffix("")): i for i, name in enumerate(_image_names(ds))}
+    index = {str(Path(name).with_suffix("")): i for i, name in enumerate(image_names(ds))}
     done = sorted(read_landmarks(Path(aligned_dir)/"landmarks.json"))[:n]
     if not done: raise ValueError(f"{aligned_dir}: no aligned images to show")
     crops = [decode_image(Path(aligned_dir)/name) for name in done]

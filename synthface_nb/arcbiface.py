@@ -275,11 +275,7 @@ class ArcBiFaceGANRecipe(GeneratorRecipe):
         return report
     def show_training(self, result: dict) -> None:
         import matplotlib.pyplot as plt
-        from synthface_nb.data import decode_image
-        fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-        for ax, path, title in zip(axes, [result["grids"][0], result["grids"][-1]], ["start", f"end ({result['kimg']:.1f} kimg)"]):
-            ax.imshow(decode_image(path)); ax.set_title(title); ax.axis("off")
-        plt.show()
+        self.show_grids(result)
         snaps = [r for r in result["history"] if "id_sim_train" in r]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for key in ("id_sim_train", "id_sim_new"): ax.plot([r["kimg"] for r in snaps], [r[key] for r in snaps], "o-", label=key)

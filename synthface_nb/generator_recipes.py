@@ -38,6 +38,15 @@ class GeneratorRecipe(abc.ABC):
         "Write the face set `out_dir/<identity>/<image>` from the generator in `model_dir` (figures in `report_dir`); return its report"
     def show_training(self, result: dict) -> None:
         "Figures of a training run for its stage notebook"
+    def show_grids(self, result: dict) -> None:
+        "The first and the last snapshot grid of a training run (`result['grids']`), side by side"
+        import matplotlib.pyplot as plt
+        from synthface_nb.data import decode_image
+        if not result.get("grids"): return
+        fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+        for ax, path, title in zip(axes, [result["grids"][0], result["grids"][-1]], ["start", f"end ({result['kimg']:.1f} kimg)"]):
+            ax.imshow(decode_image(path)); ax.set_title(title); ax.axis("off")
+        plt.show()
     def show_generation(self, report: dict, report_dir: Path) -> None:
         "Figures of a generated set for its stage notebook: the sample grid when there is one"
         grid = Path(report_dir)/"sample_grid.png"

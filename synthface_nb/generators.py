@@ -18,7 +18,8 @@ from .core import Registry, derive_seed, load_checkpoint, sample_rng
 
 # %% auto #0
 __all__ = ['conditionings', 'generators', 'seed_policies', 'Conditions', 'ClassConditioning', 'EmbeddingConditioning',
-           'FaceGenerator', 'as_face_generator', 'load_generator', 'sface_seeds', 'derived_seeds', 'latent_from_seed',
+           'tensor_digest', 'PrototypeConditioning', 'conditioning_state', 'conditioning_from_state', 'FaceGenerator',
+           'as_face_generator', 'load_generator', 'sface_seeds', 'derived_seeds', 'latent_from_seed',
            'latents_from_seeds', 'check_generator']
 
 # %% ../nbs/20_generators.ipynb #a8d1eb19
@@ -70,6 +71,64 @@ class EmbeddingConditioning:
         return self.scale * torch.nn.functional.normalize(v, dim=1)
 
     def config(self) -> dict: return {"name": "embedding", "dim": self.dim, "scale": self.scale}
+
+# %% ../nbs/20_generators.ipynb #4bfb4178
+def tensor_digest(t: torch.Tensor, n: int = 16) -> str:
+    "First `n` hex digits of the SHA-256 of a tensor's float32 bytes and shape: names a table in a JSON config"
+    import hashlib
+    a = np.ascontiguousarray(t.detach().cpu().float().numpy())
+    return hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()[:n]
+
+@conditionings.register("prototype")
+class PrototypeConditioning:
+    "Identity k -> row k of an (N, D) prototype table (VIGFace: the FR classifier's class weights), rows L2-normalised"
+    def __init__(self, table: torch.Tensor, num_real: int | None = None, normalize: bool = True):
+        table = torch.as_tensor(table).detach().to("cpu", torch.float32)
+        if table.ndim != 2 or len(table) == 0: raise ValueError(f"prototype table must be (N, D) with N >= 1, got shape {tuple(table.shape)}")
+        if num_real is not None and not 0 <= num_real <= len(table):
+            raise ValueError(f"num_real={num_real} is outside [0, {len(table)}] (the table's rows)")
+        self.table = torch.nn.functional.normalize(table, dim=1) if normalize else table
+        self.num_identities, self.dim = self.table.shape
+        self.num_real, self.normalize = num_real, bool(normalize)
+
+    def encode(self, identities: Sequence[int], seed: int = 0) -> torch.Tensor:
+        ids = torch.as_tensor(np.asarray(identities, dtype=np.int64))
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.num_identities):
+            raise ValueError(f"prototype identities must lie in [0, {self.num_identities}) (rows of the table), "
+                             f"got {ids.min().item()}..{ids.max().item()}")
+        return self.table[ids].clone()
+
+    def config(self) -> dict:
+        return {"name": "prototype", "dim": self.dim, "num_identities": self.num_identities, "num_real": self.num_real,
+                "normalize": self.normalize, "digest": tensor_digest(self.table)}
+
+    def tensors(self) -> dict[str, torch.Tensor]: return {"table": self.table}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict) -> "PrototypeConditioning":
+        "Rebuild from `config()` and `tensors()`; a table that is not the one the config names is refused"
+        # the stored table is already normalised: normalising again would change the digest's bytes in the last bit
+        out = cls(tensors["table"], config.get("num_real"), normalize=False)
+        out.normalize = bool(config.get("normalize", True))
+        if (got := tensor_digest(out.table)) != config.get("digest", got):
+            raise ValueError(f"prototype table digest {got} does not match the recorded {config['digest']}")
+        return out
+
+# %% ../nbs/20_generators.ipynb #6cfcfffd
+def conditioning_state(conditioning) -> dict:
+    "The checkpoint form of a conditioning: its config, plus its `tensors()` (CPU) when it has any"
+    state = dict(conditioning.config())
+    if hasattr(conditioning, "tensors"): state["tensors"] = {k: v.detach().cpu() for k, v in conditioning.tensors().items()}
+    return state
+
+def conditioning_from_state(state: dict):
+    "The conditioning stored by `conditioning_state` (or a plain config, as older checkpoints hold)"
+    cfg = dict(state)
+    if "name" not in cfg: raise ValueError(f"conditioning state has no 'name' entry (keys: {', '.join(sorted(cfg))})")
+    tensors, cls = cfg.pop("tensors", None), conditionings.get(cfg.pop("name"))
+    if tensors is None: return cls(**cfg)
+    if not hasattr(cls, "from_state"): raise ValueError(f"conditioning '{state['name']}' stores tensors but has no from_state")
+    return cls.from_state(cfg, tensors)
 
 # %% ../nbs/20_generators.ipynb #dd87054f
 class FaceGenerator(abc.ABC):

@@ -118,12 +118,8 @@ class SFaceRecipe(GeneratorRecipe):
         return generate_sface(Path(model_dir)/"generator.pt", out_dir, report_dir, settings, seed, progress)
     def show_training(self, result: dict) -> None:
         import matplotlib.pyplot as plt
-        from synthface_nb.data import decode_image
         from synthface_nb.stylegan2_training import plot_training
-        fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-        for ax, path, title in zip(axes, [result["grids"][0], result["grids"][-1]], ["start", f"end ({result['kimg']:.1f} kimg)"]):
-            ax.imshow(decode_image(path)); ax.set_title(title); ax.axis("off")
-        plt.show()
+        self.show_grids(result)
         plot_training(result["history"], chance=result["summary"]["chance"]); plt.show()
 
 # %% ../nbs/26_sface.ipynb #ac9644cd

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .core import load_state_strict, torch_generator
 from .generators import (ClassConditioning, Conditions, FaceGenerator, as_face_generator, conditionings,
+                                     conditioning_from_state, conditioning_state,
                                      generators, latents_from_seeds)
 
 # %% auto #0
@@ -488,15 +489,14 @@ def load_stylegan2_generator(state: dict, device: str | torch.device = "cpu", **
     with torch.random.fork_rng(devices=[]):  # construction draws random init that is overwritten at once
         G = build_generator(state["G_config"])
     load_state_strict(G, state["G_ema"], "stylegan2 checkpoint G_ema")
-    cond_cfg = dict(state.get("conditioning") or {"name": "class", "num_classes": G.c_dim})
-    conditioning = conditionings.build(cond_cfg.pop("name"), **cond_cfg)
+    conditioning = conditioning_from_state(state.get("conditioning") or {"name": "class", "num_classes": G.c_dim})
     return StyleGAN2FaceGenerator(G, conditioning, device=device, **kwargs)
 
 def generator_checkpoint(G_ema: Generator, conditioning=None) -> dict:
-    "The plain dict a generator checkpoint holds: family, config dict, EMA weights, conditioning config"
+    "The plain dict a generator checkpoint holds: family, config dict, EMA weights, conditioning (config, and tensors if any)"
     cond = conditioning if conditioning is not None else ClassConditioning(G_ema.c_dim)
     return {"family": "stylegan2", "G_config": G_ema.config, "G_ema": {k: v.detach().cpu() for k, v in G_ema.state_dict().items()},
-            "conditioning": cond.config()}
+            "conditioning": conditioning_state(cond)}
 
 # %% ../nbs/21_stylegan2_networks.ipynb #90e6601f
 @as_face_generator.register(Generator)
