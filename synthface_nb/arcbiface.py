@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .core import atomic_write, file_digest, sample_rng, write_json_atomic
-from .data import dataset_statistics, image_grid, save_image
+from .data import FaceDataset, ImageFolderDataset, dataset_statistics, image_grid, load_modality_rgb, save_image
 from .distributed import dist_info
 from .feature_metrics import kid
 from .filters import genuine_score_statistics
@@ -239,18 +239,16 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
                                          source=file_digest(model_dir/"generator.pt"), on_change="restart", progress=progress)
         barrier()   # every rank's identities are written before the manifest is assembled
         if info.is_main: report["manifest"] = str(finalize_manifest(out_dir, s["num_identities"]))
-    if info.is_main:
-        if not any(d.is_dir() and not d.name.startswith(".") for d in out_dir.iterdir()):
-            raise ValueError(f"{out_dir}: the Privacy & Diversity filter kept no identity of {s['num_identities']} candidates "
-                             f"(why: {out_dir/'filter_summary.json'}); raise num_identities or max_attempts, or loosen the thresholds")
-        save_image(Path(report_dir)/"sample_grid.png", visible_nir_grid(out_dir))
+    if info.is_main:   # (an empty filtered set was refused by write_filtered_dataset)
+        written = ImageFolderDataset(out_dir)
+        report["dataset"] = dataset_statistics(written)
+        save_image(Path(report_dir)/"sample_grid.png", visible_nir_grid(written))
     return report
 
 # %% ../nbs/27_arcbiface.ipynb #4f0f929f
-def visible_nir_grid(root: str | Path, n_identities: int = 6, per_identity: int = 4) -> np.ndarray:
+def visible_nir_grid(ds: FaceDataset | str | Path, n_identities: int = 6, per_identity: int = 4) -> np.ndarray:
     "uint8 grid: a row per identity, each face's visible image followed by its NIR partner (as gray RGB)"
-    from synthface_nb.data import ImageFolderDataset, load_modality_rgb
-    ds = ImageFolderDataset(root)
+    ds = ds if isinstance(ds, FaceDataset) else ImageFolderDataset(ds)
     tiles = []
     for k in range(min(n_identities, ds.num_classes)):
         for i in np.flatnonzero(ds.labels == k)[:per_identity]:
@@ -268,11 +266,7 @@ class ArcBiFaceGANRecipe(GeneratorRecipe):
     def train(self, data, out_dir, settings, seed, progress=True, state_dir=None, preset="cpu", teacher=None):
         return train_arcbiface_gan(data, out_dir, settings, seed, progress, state_dir, preset, teacher)
     def generate(self, model_dir, out_dir, report_dir, settings, seed, progress=True):
-        report = generate_arcbiface(model_dir, out_dir, report_dir, settings, seed, progress)
-        if dist_info().is_main:
-            from synthface_nb.data import ImageFolderDataset
-            report["dataset"] = dataset_statistics(ImageFolderDataset(out_dir))
-        return report
+        return generate_arcbiface(model_dir, out_dir, report_dir, settings, seed, progress)
     def show_training(self, result: dict) -> None:
         import matplotlib.pyplot as plt
         self.show_grids(result)

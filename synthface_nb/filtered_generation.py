@@ -21,7 +21,8 @@ from .distributed import barrier, dist_info, shard_range
 from .filters import (ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA, PrivacyDiversityRule, arcbifacegan_thresholds,
                                   identity_reason, reason_counts)
 from .fr_models import FRModel
-from .generation import check_generation_spec, identity_dir, manifest_paths, write_modalities
+from .generation import (check_generation_spec, identity_dir, manifest_paths, remove_stale_identity_dirs,
+                                     write_modalities)
 from .generators import FaceGenerator
 from .runloop import progress_bar
 
@@ -200,9 +201,7 @@ def write_filtered_dataset(generator: FaceGenerator, fr_model: FRModel, out_dir:
                                          max_attempts, sampling, output_size, first_sample_check, source,
                                          world_size), on_change, [out_dir], world_size)
     mine = list(shard_range(num_identities, rank, world_size))
-    mine_names = {f"{k:06d}" for k in mine}   # other ranks' temporary folders may be in use
-    for stale in out_dir.glob(".*.tmp"):      # temporary folders left by a killed run
-        if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_identity_dirs(out_dir, mine)
     rule = PrivacyDiversityRule(reference if len(reference) else None, mu, sigma)
     report = {"rank": rank, "world_size": world_size, "identities": len(mine), "drawn_identities": 0,
               "skipped_identities": 0, "kept_identities": 0, "images_written": 0}
@@ -215,13 +214,17 @@ def write_filtered_dataset(generator: FaceGenerator, fr_model: FRModel, out_dir:
             write_identity(out_dir, draw, generator.modality_slices(), sampling)
             report["drawn_identities"] += 1; report["images_written"] += len(draw.kept) if draw.status == "kept" else 0
             if draw.status == "kept": rule.accept_identity(draw.first, label=k)
+            status = draw.status
         else:
             report["skipped_identities"] += 1
             if status == "kept": rule.accept_identity(np.load(identity_dir(out_dir, k) / ".first_embedding.npy"), label=k)
-        report["kept_identities"] += identity_status(out_dir, k) == "kept"
+        report["kept_identities"] += status == "kept"
         bar.update(1)
     bar.close()
     barrier()
     report["summary"] = finalize_filtered_dataset(out_dir) if rank == 0 else None
+    if report["summary"] and not report["summary"]["kept_identities"]:   # an empty set is no result to hand on
+        raise ValueError(f"{out_dir}: the Privacy & Diversity filter kept no identity of {num_identities} candidates (why: "
+                         f"{out_dir / 'filter_summary.json'}); raise num_identities or max_attempts, or loosen the thresholds")
     report["seconds"] = time.perf_counter() - t0
     return report

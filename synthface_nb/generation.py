@@ -20,8 +20,9 @@ from .generators import FaceGenerator, load_generator, seed_policies
 from .runloop import progress_bar
 
 # %% auto #0
-__all__ = ['identity_groups', 'identity_dir', 'modality_file_name', 'write_modalities', 'manifest_paths', 'check_generation_spec',
-           'write_generated_dataset', 'finalize_manifest', 'read_manifest', 'generate_from_checkpoint', 'main']
+__all__ = ['identity_groups', 'identity_dir', 'remove_stale_identity_dirs', 'modality_file_name', 'write_modalities',
+           'manifest_paths', 'check_generation_spec', 'write_generated_dataset', 'finalize_manifest', 'read_manifest',
+           'generate_from_checkpoint', 'main']
 
 # %% ../nbs/24_generation.ipynb #1a0b5d80
 def identity_groups(identities: Sequence[int], per_identity: int, batch_size: int) -> list[list[int]]:
@@ -33,6 +34,12 @@ def identity_groups(identities: Sequence[int], per_identity: int, batch_size: in
 def identity_dir(root: Path, identity: int) -> Path:
     "The folder of `identity` in a generated set"
     return root / f"{identity:06d}"
+
+def remove_stale_identity_dirs(root: Path, identities: Sequence[int]) -> None:
+    "Remove the temporary folders a killed run left for `identities` (other ranks' may be in use: not theirs)"
+    names = {identity_dir(root, int(k)).name for k in identities}
+    for stale in root.glob(".*.tmp"):
+        if stale.is_dir() and stale.name[1:].split(".")[0] in names: shutil.rmtree(stale, ignore_errors=True)
 
 # %% ../nbs/24_generation.ipynb #ed008afb
 def modality_file_name(index: int, modality: str) -> str:
@@ -129,9 +136,7 @@ def write_generated_dataset(generator: FaceGenerator, out_dir: str | Path, image
                                                              sampling, source, output_size),
                           on_change, [out_dir], world_size)
     mine = [ids[j] for j in shard_range(len(ids), rank, world_size)]
-    mine_names = {f"{k:06d}" for k in mine}  # other ranks' temporary folders may be in use
-    for stale in out_dir.glob(".*.tmp"):  # temporary folders left by a killed run
-        if stale.is_dir() and stale.name[1:].split(".")[0] in mine_names: shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_identity_dirs(out_dir, mine)
     report = {"rank": rank, "world_size": world_size, "identities": len(mine), "generated_identities": 0,
               "skipped_identities": 0, "images_written": 0}
     bar = progress_bar(len(mine), desc=f"generate[{rank}]", enabled=progress)
