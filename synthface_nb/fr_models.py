@@ -15,8 +15,8 @@ from .core import Registry
 from .data import resize_to
 
 # %% auto #0
-__all__ = ['fr_model_formats', 'FRModel', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint', 'class_centres',
-           'best_matches']
+__all__ = ['fr_model_formats', 'FRModel', 'TorchFRModel', 'load_fr_model', 'save_fr_model', 'load_fr_checkpoint',
+           'load_prototypes', 'class_centres', 'best_matches']
 
 # %% ../nbs/12_fr_models.ipynb #f6754fd8
 class FRModel(abc.ABC):
@@ -76,10 +76,11 @@ from .core import load_checkpoint, load_state_strict, save_checkpoint
 from .backbones import build_backbone
 
 # %% ../nbs/12_fr_models.ipynb #8b4c2476
-def save_fr_model(path: str | Path, backbone: torch.nn.Module, **meta) -> Path:
-    "Save `backbone` (an `IResNet` with a `spec`) and `meta` as an FR-model checkpoint at `path`"
+def save_fr_model(path: str | Path, backbone: torch.nn.Module, exports: dict | None = None, **meta) -> Path:
+    "Save `backbone` (an `IResNet` with a `spec`), `meta` and an objective's `exports` (tensors) as an FR-model checkpoint at `path`"
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    return save_checkpoint(path, {"backbone": dict(backbone.spec), "model": state, "meta": meta}, kind="fr_model")
+    extra = {"exports": {k: v.detach().cpu().contiguous() for k, v in exports.items()}} if exports else {}
+    return save_checkpoint(path, {"backbone": dict(backbone.spec), "model": state, "meta": meta, **extra}, kind="fr_model")
 
 @fr_model_formats.register("pt")
 def load_fr_checkpoint(path: str | Path, device: str | torch.device = "cpu", channels_last: bool = True) -> TorchFRModel:
@@ -91,6 +92,17 @@ def load_fr_checkpoint(path: str | Path, device: str | torch.device = "cpu", cha
     load_state_strict(net, ckpt["model"], source=str(path))
     return TorchFRModel(net.to(device), input_size=net.input_size, embedding_dim=net.embedding_size,
                         name=Path(path).stem, channels_last=channels_last)
+
+# %% ../nbs/12_fr_models.ipynb #f20a925e
+def load_prototypes(path: str | Path) -> dict[str, torch.Tensor]:
+    "The `real` (n, d) and `virtual` (k, d) prototype rows stored with the FR model at `path` by a 'vigface' run"
+    ckpt = load_checkpoint(path, kind="fr_model")
+    exports = ckpt.get("exports") or {}
+    if not {"real", "virtual"} <= set(exports):
+        objective = ((ckpt.get("meta") or {}).get("config") or {}).get("objective", "unknown")
+        raise ValueError(f"{path}: this FR model holds no prototypes (trained with objective '{objective}'); "
+                         "only a 'vigface' run stores them")
+    return {k: exports[k] for k in ("real", "virtual")}
 
 # %% ../nbs/12_fr_models.ipynb #04352617
 import numpy as np

@@ -1,4 +1,4 @@
-"""SFace's strategies as registered objectives: CLS (margin head on labels), KT (match a frozen teacher, label-free) and CL (both), USynthFace's MoCo (label-free, two images of one identity), with per-sample augmentations.
+"""SFace's strategies as registered objectives: CLS (margin head on labels), KT (match a frozen teacher, label-free) and CL (both), USynthFace's MoCo (label-free, two images of one identity), VIGFace's virtual identity prototypes, with per-sample augmentations.
 
 Docs: _docs/objectives.html (`make docs` builds it)"""
 
@@ -6,25 +6,28 @@ Docs: _docs/objectives.html (`make docs` builds it)"""
 
 # %% ../nbs/30_objectives.ipynb #0c431eed
 from __future__ import annotations
-import abc, copy, functools, inspect
+import abc, copy, functools, inspect, math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
 from .core import Registry, torch_generator
-from .distributed import all_gather_cat, shuffle_across_ranks, unshuffle_across_ranks
+from .distributed import (all_gather_cat, all_reduce_mean, is_distributed, shuffle_across_ranks,
+                                      unshuffle_across_ranks)
 from .fr_models import FRModel
-from .heads import get_head
+from .heads import CombinedMarginHead, get_head
 
 # %% auto #0
 __all__ = ['augmentations', 'RANDAUGMENT_OPS', 'objectives', 'no_augmentation', 'random_hflip', 'build_augmentation',
            'randaugment_strength', 'randaugment_draws', 'apply_randaugment_op', 'randaugment', 'ObjectiveContext',
            'Objective', 'build_objective', 'ClassificationObjective', 'kt_loss', 'KnowledgeTransferObjective',
-           'CombinedLearningObjective', 'moco_logits', 'MoCoObjective']
+           'CombinedLearningObjective', 'moco_logits', 'MoCoObjective', 'virtual_batch_size', 'prototype_separation',
+           'VirtualPrototypeObjective']
 
 # %% ../nbs/30_objectives.ipynb #9aa3c577
 augmentations = Registry("augmentation")
@@ -133,6 +136,10 @@ class Objective(nn.Module, abc.ABC):
     def forward(self, backbone: nn.Module, views: list[torch.Tensor],
                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         "The scalar loss of a batch, and detached scalars to log"
+
+    def export(self) -> dict[str, torch.Tensor]:
+        "Tensors to store with the trained FR model (the trainer saves them as its `exports`); none by default"
+        return {}
 
 objectives = Registry("objective")
 
@@ -258,3 +265,85 @@ class MoCoObjective(Objective):
         loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
         return loss, {"ce": loss.detach(), "pos_logit": logits[:, 0].mean().detach(),
                       "top1": (logits.argmax(1) == 0).float().mean()}
+
+# %% ../nbs/30_objectives.ipynb #3677cb3e
+def virtual_batch_size(num_virtual: int, num_real: int, batch_size: int) -> int:
+    "VIGFace's virtual embeddings per step: `round(k · b_r / n)` with halves rounded up, at least 1 when `k > 0`"
+    if num_virtual <= 0: return 0
+    return max(1, (2 * num_virtual * batch_size + num_real) // (2 * num_real))
+
+# %% ../nbs/30_objectives.ipynb #96e16c90
+@torch.no_grad()
+def prototype_separation(weight: torch.Tensor, num_real: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
+    "Largest |cos| between a virtual row (index ≥ `num_real`) and any other row, and between two real rows"
+    w, n = torch.as_tensor(weight).detach().float(), int(num_real)
+    real, virtual = [], []
+    with torch.autocast(w.device.type, enabled=False):
+        w = F.normalize(w, dim=1)
+        for a in range(0, len(w), chunk):
+            c = (w[a:a + chunk] @ w.T).abs()
+            c[torch.arange(len(c)), torch.arange(a, a + len(c))] = -math.inf    # a row is not compared with itself
+            r = min(max(n - a, 0), len(c))                                     # this chunk's real rows
+            real.append(c[:r, :n].amax(1)); virtual.append(c[r:].amax(1))
+    real, virtual, nan = torch.cat(real), torch.cat(virtual), torch.tensor(math.nan, device=w.device)
+    return {"max_cos_virtual": virtual.max() if len(virtual) else nan, "max_cos_real": real.max() if n > 1 else nan}
+
+# %% ../nbs/30_objectives.ipynb #10f3d1d0
+@objectives.register("vigface")
+class VirtualPrototypeObjective(Objective):
+    "VIGFace stage 1: one ArcFace loss over n real and k virtual prototypes, virtual embeddings a noisy virtual row"
+    def __init__(self, ctx: ObjectiveContext, num_virtual: int, virtual_per_batch: int | None = None,
+                 sigma: str = "per_dim", ema: float = 0.9, head: str = "arcface", head_kwargs: dict | None = None,
+                 separation_every: int = 1):
+        super().__init__()
+        if num_virtual < 1: raise ValueError(f"objective 'vigface': num_virtual is {num_virtual}; it needs at least 1 (plain ArcFace: objective 'cls')")
+        if virtual_per_batch is not None and virtual_per_batch < 1:
+            raise ValueError(f"objective 'vigface': virtual_per_batch is {virtual_per_batch}; it needs at least 1 (or None: the b_v rule)")
+        if sigma not in ("per_dim", "scalar"): raise ValueError(f"objective 'vigface': unknown sigma '{sigma}'; known: per_dim, scalar")
+        self.head = get_head(head, ctx.embedding_size, ctx.num_classes + num_virtual, **(head_kwargs or {}))
+        if not isinstance(self.head, CombinedMarginHead):
+            raise ValueError(f"objective 'vigface': head '{head}' has a margin that depends on the embedding norm; "
+                             "use one of the combined-margin family (arcface, cosface, combined)")
+        self.num_real, self.num_virtual, self.virtual_per_batch = ctx.num_classes, int(num_virtual), virtual_per_batch
+        self.per_dim, self.ema, self.seed, self.separation_every = sigma == "per_dim", float(ema), ctx.seed, int(separation_every)
+        self.register_buffer("sigma", torch.zeros(ctx.embedding_size if self.per_dim else ()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("separation", torch.full((2,), math.nan))    # max_cos_virtual, max_cos_real
+
+    @torch.no_grad()
+    def update_sigma(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
+        "σ_batch² = mean over the batch of (f̂_i − ŵ_{y_i})² (per dimension, or over dimensions too); σ ← α σ + (1 − α) σ_batch"
+        d2 = (F.normalize(emb.detach().float(), dim=1) - F.normalize(self.head.weight.detach().float()[labels], dim=1)) ** 2
+        batch = all_reduce_mean(d2.mean(0) if self.per_dim else d2.mean()).sqrt()
+        if int(self.steps) == 0: self.sigma.copy_(batch)
+        else: self.sigma.mul_(self.ema).add_(batch, alpha=1 - self.ema)
+
+    def virtual_embeddings(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        "This step's virtual embeddings `ŵ_v + ε·σ` (detached rows, v uniform with replacement) and their labels `n + v`"
+        m = self.virtual_per_batch or virtual_batch_size(self.num_virtual, self.num_real, batch_size)
+        g = torch_generator(self.seed, 3, int(self.steps), dist.get_rank() if is_distributed() else 0)   # 3: this stream
+        v = torch.randint(self.num_virtual, (m,), generator=g)
+        eps = torch.randn(m, self.head.embedding_size, generator=g)
+        w = self.head.weight.detach().float()
+        labels = (self.num_real + v).to(w.device)
+        return F.normalize(w[labels], dim=1) + eps.to(w.device) * self.sigma, labels
+
+    def forward(self, backbone, views, labels):
+        emb = backbone(views[0])
+        self.update_sigma(emb, labels)
+        v_emb, v_labels = self.virtual_embeddings(len(emb))
+        w, n = self.head.weight, self.num_real
+        v_logits = torch.func.functional_call(self.head, {"weight": torch.cat([w[:n].detach(), w[n:]])}, (v_emb, v_labels))
+        ce = F.cross_entropy(torch.cat([self.head(emb, labels), v_logits]), torch.cat([labels, v_labels]), reduction="none")
+        if int(self.steps) % self.separation_every == 0:
+            s = prototype_separation(w, n)
+            self.separation.copy_(torch.stack([s["max_cos_virtual"], s["max_cos_real"]]))
+        self.steps += 1
+        b = len(emb)
+        return ce.mean(), {"ce_real": ce[:b].mean().detach(), "ce_virtual": ce[b:].mean().detach(), "sigma": self.sigma.mean(),
+                           "max_cos_virtual": self.separation[0].clone(), "max_cos_real": self.separation[1].clone()}
+
+    def export(self) -> dict[str, torch.Tensor]:
+        "The raw (not normalised) prototype rows: `real` (n, d) and `virtual` (k, d), float32 on the CPU"
+        w = self.head.weight.detach().float().cpu()
+        return {"real": w[:self.num_real].clone(), "virtual": w[self.num_real:].clone()}

@@ -392,7 +392,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     seconds = time.perf_counter() - t_start
     stopped_early = bool(plateau and plateau.stopped)
     if (step >= total or stopped_early) and info.is_main and out_dir is not None:
-        save_fr_model(out_dir/"model.pt", backbone, config=config, step=step, num_classes=dataset.num_classes, **meta)
+        save_fr_model(out_dir/"model.pt", backbone, exports=objective.export(), config=config, step=step,
+                      num_classes=dataset.num_classes, **meta)
         if state_dir != out_dir: copy_atomic(state_dir/"checkpoint.pt", out_dir/"checkpoint.pt")
     log.close()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
