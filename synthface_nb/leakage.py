@@ -222,8 +222,8 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
     for name, path in sets.items():
         syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)
         q = generated_set_quality(model, syn, auth_ds, mu, sigma, fid=fid, batch_size=batch_size, device=device, seed=seed)
-        if q["verification"] is None: raise ValueError(f"{path}: subject agreement needs identities with two images and two identities")
-        agreement[name] = {k: q["verification"][k] for k in AGREEMENT_KEYS}   # subject_agreement's figures, computed once
+        # subject_agreement's figures, computed once; None for a set with no identity of two images (nothing to agree)
+        agreement[name] = {k: q["verification"][k] for k in AGREEMENT_KEYS} if q["verification"] else None
         write_json_atomic(out_dir/"sets"/name/"quality.json", json_ready(q))
         lk = leakage_audit(syn, auth, out_dir/"sets"/name, fmr, relation, k, device=device, seed=seed)
         rel = lk["identity_relation"]

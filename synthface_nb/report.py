@@ -181,7 +181,8 @@ def audit_markdown(audit: dict) -> str:
                   "(USynthFace) it says how much identity a subject's variants share.", "",
                   "| set | genuine cos | impostor cos | EER |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {a['genuine_mean']:.3f} ± {a['genuine_std']:.3f} | {a['impostor_mean']:.3f} ± {a['impostor_std']:.3f} | "
-                  f"{pct(a['eer'])} |" for name, a in agreement.items()]
+                  f"{pct(a['eer'])} |" if a else f"| {name} | — | — | — (no identity has two images) |"
+                  for name, a in agreement.items()]
     return "\n".join(lines) + "\n"
 
 def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str | Path = "artifacts/report",

@@ -339,13 +339,19 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     evals = {k.removeprefix("eval/"): v for h in log.history for k, v in h.items() if k.startswith("eval/")}
     autocast = torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "none")
     start_step, t_start, t_data = step, time.perf_counter(), 0.0
+
+    def measure(cb, at: int) -> dict | None:
+        "Run callback `cb` on the backbone at step `at` (on the main rank only, unless it says otherwise); log its figures"
+        nonlocal evals
+        if getattr(cb, "main_only", True) and not info.is_main: return None
+        with evaluating(backbone): out = cb(backbone, at)
+        if out:
+            log.log({"step": at, **{f"eval/{k}": float(v) for k, v in out.items()}})
+            evals = {k: float(v) for k, v in out.items()}
+        return out
+
     if stop == 0:   # an untrained model (epochs 0): its callbacks still measure it, at step 0
-        for cb in callbacks:
-            if getattr(cb, "main_only", True) and not info.is_main: continue
-            with evaluating(backbone): out = cb(backbone, 0)
-            if out:
-                log.log({"step": 0, **{f"eval/{k}": float(v) for k, v in out.items()}})
-                evals = {k: float(v) for k, v in out.items()}
+        for cb in callbacks: measure(cb, 0)
     model.train()
     it = iter(loader)
     while step < stop and not (plateau and plateau.stopped):
@@ -374,13 +380,8 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         epoch_end, scores = step % spe == 0, []
         for cb in callbacks:
             every = getattr(cb, "every", None) or cfg.eval_every
-            if (every and step % every == 0) or step == stop or (plateau and epoch_end):
-                if getattr(cb, "main_only", True) and not info.is_main: continue
-                with evaluating(backbone): out = cb(backbone, step)
-                if out:
-                    log.log({"step": step, **{f"eval/{k}": float(v) for k, v in out.items()}})
-                    evals = {k: float(v) for k, v in out.items()}
-                    scores += evals.values()
+            if ((every and step % every == 0) or step == stop or (plateau and epoch_end)) and measure(cb, step):
+                scores += evals.values()
         if plateau and epoch_end:   # the main rank's mean accuracy decides on every rank
             score = broadcast_float(float(np.mean(scores)) if scores else math.nan, device)
             if math.isnan(score): raise ValueError(f"step {step}: schedule 'plateau' got no verification score at the epoch's end")

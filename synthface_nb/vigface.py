@@ -159,7 +159,8 @@ def train_vigface_diffusion(data: str | Path, out_dir: str | Path, settings: dic
                              on_snapshot=prototype_probe(fr, conditioning, landmarks, config, s["probe_identities"],
                                                          s["probe_sampling"], dev),
                              conditioning=conditioning)
-    summary = {**summarize_history(result["history"], ("loss", "probe_cos_real", "probe_cos_virtual", "probe_closer_than_real")),
+    summary = {**summarize_history(result["history"], ("loss/v_mse", "loss/identity", "probe_cos_real", "probe_cos_virtual",
+                                                       "probe_closer_than_real")),
                "num_real": conditioning.num_real, "num_virtual": conditioning.num_identities - conditioning.num_real,
                "environment": result["environment"]}
     if dist_info().is_main and result["done"]: copy_atomic(teacher, out_dir/"model"/CONDITION_MODEL_FILE)
@@ -183,7 +184,7 @@ def vigface_identities(conditioning: PrototypeConditioning, which: str, n: int) 
 def generated_set_measures(ds: ImageFolderDataset, fr, conditioning: PrototypeConditioning, resolution: int) -> dict:
     "Prototype agreement and consistency of a generated set (folders named by prototype row), embedded with stage-1 model `fr`"
     rows = np.array([int(c) for c in ds.classes])[np.asarray(ds.labels)]
-    imgs = torch.stack([torch.as_tensor(ds.load_image(i)).permute(2, 0, 1) for i in range(len(ds))])
+    imgs = torch.stack([torch.tensor(ds.load_image(i)).permute(2, 0, 1) for i in range(len(ds))])
     x = to_float_images(imgs)
     emb = torch.cat([fr.embed(x[i:i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
     small = resize_to(x, (resolution, resolution)).numpy()   # pixel diversity at the generator's own resolution
@@ -230,6 +231,7 @@ class VIGFaceRecipe(GeneratorRecipe):
         h = result["history"]
         series = lambda key: ([r["kimg"] for r in h if key in r], [r[key] for r in h if key in r])
         fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
-        axes[0].plot(*series("loss")); axes[0].set(xlabel="kimg", ylabel="loss", yscale="log", title="denoiser loss")
+        for key in ("loss/v_mse", "loss/identity"): axes[0].plot(*series(key), label=key)
+        axes[0].set(xlabel="kimg", ylabel="loss", yscale="log", title="denoiser losses"); axes[0].legend()
         for key in ("probe_cos_real", "probe_cos_virtual"): axes[1].plot(*series(key), "o-", label=key)
         axes[1].set(xlabel="kimg", ylabel="cosine to the prototype", title="probe"); axes[1].legend(); plt.show()
