@@ -20,7 +20,7 @@ __all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'flat_settings', 'run_ident
            'run_environment', 'check_accelerator', 'in_launched_process', 'launch', 'main']
 
 # %% ../nbs/06a_runloop.ipynb #d11522bf
-RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "snapshot_kimg",
+RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "eval_at_end", "snapshot_kimg",
                      "device", "nproc", "loss.head_weights")
 RESUME_MAY_EXTEND = ("epochs", "total_kimg")
 

@@ -63,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0           # steps; 0: only when the run stops
     eval_every: int = 0                 # steps between callbacks; 0: only at the end
+    eval_at_end: bool = True            # run the callbacks when the run stops (False: an evaluation stage measures the model)
     num_threads: int | None = None      # torch intra-op threads during the run; None: leave as is
 
     @classmethod
@@ -350,7 +351,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
             evals = {k: float(v) for k, v in out.items()}
         return out
 
-    if stop == 0:   # an untrained model (epochs 0): its callbacks still measure it, at step 0
+    if stop == 0 and cfg.eval_at_end:   # an untrained model (epochs 0): its callbacks still measure it, at step 0
         for cb in callbacks: measure(cb, 0)
     model.train()
     it = iter(loader)
@@ -380,7 +381,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         epoch_end, scores = step % spe == 0, []
         for cb in callbacks:
             every = getattr(cb, "every", None) or cfg.eval_every
-            if ((every and step % every == 0) or step == stop or (plateau and epoch_end)) and measure(cb, step):
+            if ((every and step % every == 0) or (step == stop and cfg.eval_at_end) or (plateau and epoch_end)) and measure(cb, step):
                 scores += evals.values()
         if plateau and epoch_end:   # the main rank's mean accuracy decides on every rank
             score = broadcast_float(float(np.mean(scores)) if scores else math.nan, device)

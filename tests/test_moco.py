@@ -41,7 +41,7 @@ def test_untrained_stage_run(tmp_path):
     data = write_color_folder(tmp_path / "data", n_identities=3, per_identity=4, size=32)
     run = {"data": str(data), "overrides": {"device": "cpu", "network": "iresnet18", "width": 0.125, "input_size": 32,
                                             "embedding_size": 16, "batch_size": 4, "num_workers": 0, "num_threads": 1,
-                                            "epochs": 0}}
+                                            "epochs": 0, "eval_at_end": True}}   # as the untrained entry of params.yaml
     from synthface_nb.data import ImageFolderDataset
     from synthface_nb.verification_bin import write_benchmark_bin
     write_benchmark_bin(ImageFolderDataset(data), tmp_path / "bench" / "colours.bin", n_pairs=20, seed=0)

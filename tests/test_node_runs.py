@@ -16,7 +16,7 @@ import yaml
 from conftest import BIN, make_scratch_repo, run_command
 
 TINY_FR = {"network": "iresnet18", "width": 0.125, "input_size": 32, "embedding_size": 16, "epochs": 2, "batch_size": 8,
-           "lr_batch": 16, "warmup_epochs": 0.0, "num_workers": 0, "num_threads": 1, "log_every": 1, "device": "cpu"}
+           "lr_batch": 16, "warmup_epochs": 0.0, "num_workers": 0, "num_threads": 1, "log_every": 1, "device": "cpu", "eval_at_end": True}
 TINY_GAN = {"resolution": 16, "batch_size": 8, "config": {"total_kimg": 0.048}, "snapshot_kimg": 0.024,
             "network": {"z_dim": 16, "w_dim": 16, "channel_max": 16, "d_map_layers": 1, "conv_clamp": None},
             "probe_epochs": 1, "eval_per_class": 2, "eval_classes": 4, "num_threads": 1, "device": "cpu"}
