@@ -23,11 +23,11 @@ from .fr_models import FRModel
 from .heads import CombinedMarginHead, get_head
 
 # %% auto #0
-__all__ = ['augmentations', 'RANDAUGMENT_OPS', 'objectives', 'no_augmentation', 'random_hflip', 'build_augmentation',
-           'randaugment_strength', 'randaugment_draws', 'apply_randaugment_op', 'randaugment', 'ObjectiveContext',
-           'Objective', 'build_objective', 'ClassificationObjective', 'kt_loss', 'KnowledgeTransferObjective',
-           'CombinedLearningObjective', 'moco_logits', 'MoCoObjective', 'virtual_batch_size', 'prototype_separation',
-           'VirtualPrototypeObjective']
+__all__ = ['augmentations', 'RANDAUGMENT_OPS', 'objectives', 'SEPARATION_KEYS', 'no_augmentation', 'random_hflip',
+           'build_augmentation', 'randaugment_strength', 'randaugment_draws', 'apply_randaugment_op', 'randaugment',
+           'ObjectiveContext', 'Objective', 'build_objective', 'ClassificationObjective', 'kt_loss',
+           'KnowledgeTransferObjective', 'CombinedLearningObjective', 'moco_logits', 'MoCoObjective',
+           'virtual_batch_size', 'prototype_separation', 'VirtualPrototypeObjective']
 
 # %% ../nbs/30_objectives.ipynb #9aa3c577
 augmentations = Registry("augmentation")
@@ -273,9 +273,11 @@ def virtual_batch_size(num_virtual: int, num_real: int, batch_size: int) -> int:
     return max(1, (2 * num_virtual * batch_size + num_real) // (2 * num_real))
 
 # %% ../nbs/30_objectives.ipynb #96e16c90
+SEPARATION_KEYS = ("max_cos_virtual", "max_cos_real", "mean_max_cos_virtual", "mean_max_cos_real")
+
 @torch.no_grad()
 def prototype_separation(weight: torch.Tensor, num_real: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
-    "Largest |cos| between a virtual row (index ≥ `num_real`) and any other row, and between two real rows"
+    "|cos| of each virtual row (index ≥ `num_real`) to its nearest other row, and of each real row to its nearest real row: largest and mean"
     w, n = torch.as_tensor(weight).detach().float(), int(num_real)
     real, virtual = [], []
     with torch.autocast(w.device.type, enabled=False):
@@ -286,7 +288,9 @@ def prototype_separation(weight: torch.Tensor, num_real: int, chunk: int = 4096)
             r = min(max(n - a, 0), len(c))                                     # this chunk's real rows
             real.append(c[:r, :n].amax(1)); virtual.append(c[r:].amax(1))
     real, virtual, nan = torch.cat(real), torch.cat(virtual), torch.tensor(math.nan, device=w.device)
-    return {"max_cos_virtual": virtual.max() if len(virtual) else nan, "max_cos_real": real.max() if n > 1 else nan}
+    return {"max_cos_virtual": virtual.max() if len(virtual) else nan, "max_cos_real": real.max() if n > 1 else nan,
+            # each row's nearest neighbour, averaged: the typical row, where the max is one extreme pair
+            "mean_max_cos_virtual": virtual.mean() if len(virtual) else nan, "mean_max_cos_real": real.mean() if n > 1 else nan}
 
 # %% ../nbs/30_objectives.ipynb #10f3d1d0
 @objectives.register("vigface")
@@ -308,7 +312,7 @@ class VirtualPrototypeObjective(Objective):
         self.per_dim, self.ema, self.seed, self.separation_every = sigma == "per_dim", float(ema), ctx.seed, int(separation_every)
         self.register_buffer("sigma", torch.zeros(ctx.embedding_size if self.per_dim else ()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("separation", torch.full((2,), math.nan))    # max_cos_virtual, max_cos_real
+        self.register_buffer("separation", torch.full((len(SEPARATION_KEYS),), math.nan))
 
     @torch.no_grad()
     def update_sigma(self, emb: torch.Tensor, labels: torch.Tensor) -> None:
@@ -337,11 +341,11 @@ class VirtualPrototypeObjective(Objective):
         ce = F.cross_entropy(torch.cat([self.head(emb, labels), v_logits]), torch.cat([labels, v_labels]), reduction="none")
         if int(self.steps) % self.separation_every == 0:
             s = prototype_separation(w, n)
-            self.separation.copy_(torch.stack([s["max_cos_virtual"], s["max_cos_real"]]))
+            self.separation.copy_(torch.stack(list(s.values())))
         self.steps += 1
         b = len(emb)
         return ce.mean(), {"ce_real": ce[:b].mean().detach(), "ce_virtual": ce[b:].mean().detach(), "sigma": self.sigma.mean(),
-                           "max_cos_virtual": self.separation[0].clone(), "max_cos_real": self.separation[1].clone()}
+                           **{k: v.clone() for k, v in zip(SEPARATION_KEYS, self.separation)}}
 
     def export(self) -> dict[str, torch.Tensor]:
         "The raw (not normalised) prototype rows: `real` (n, d) and `virtual` (k, d), float32 on the CPU"
