@@ -25,11 +25,12 @@ from .runloop import (RunLog, check_length, copy_atomic, load_resume, progress_b
 
 # %% auto #0
 __all__ = ['beta_schedules', 'LANDMARK_COLORS', 'denoisers', 'samplers', 'LANDMARK_STREAM', 'diffusion_defaults', 'cosine_betas',
-           'linear_betas', 'NoiseSchedule', 'timestep_embedding', 'ConditionEmbedding', 'landmark_image', 'modulate',
-           'sincos_pos_embed', 'Attention', 'DiTBlock', 'DiT', 'ResBlock', 'UNet', 'build_denoiser',
-           'denoiser_from_config', 'diffusion_loss', 'guided_prediction', 'ddim_step', 'ancestral_step',
-           'sampling_timesteps', 'resolve_sampling', 'sample', 'ema_decay', 'update_ema', 'DiffusionFaceGenerator',
-           'diffusion_generator_checkpoint', 'load_diffusion_generator', 'diffusion_snapshot_grid', 'train_diffusion']
+           'linear_betas', 'NoiseSchedule', 'timestep_embedding', 'SampleLinear', 'ConditionEmbedding',
+           'landmark_image', 'modulate', 'sincos_pos_embed', 'Attention', 'DiTBlock', 'DiT', 'ResBlock', 'UNet',
+           'build_denoiser', 'denoiser_from_config', 'diffusion_loss', 'guided_prediction', 'ddim_step',
+           'ancestral_step', 'sampling_timesteps', 'resolve_sampling', 'sample', 'ema_decay', 'update_ema',
+           'DiffusionFaceGenerator', 'diffusion_generator_checkpoint', 'load_diffusion_generator',
+           'diffusion_snapshot_grid', 'train_diffusion']
 
 # %% ../nbs/28_diffusion.ipynb #b3073606
 def diffusion_defaults() -> dict:
@@ -89,13 +90,21 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
+class SampleLinear(nn.Linear):
+    "A linear layer on per-sample vectors (n, in), computed as n one-row products so a row's result is independent of n"
+    # BLAS picks other kernels, with other summation orders, for a handful of rows than for many (on this CPU
+    # a 2-row and a 24-row product differ by ~1e-5); a batched product of fixed 1-row shape does not
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        return torch.baddbmm(self.bias.expand(n, 1, -1), x[:, None, :], self.weight.t().expand(n, -1, -1))[:, 0]
+
 class ConditionEmbedding(nn.Module):
     "MLP(sin(t)) + MLP(prototype); an all-zero prototype (a dropped condition) selects a learned null embedding"
     def __init__(self, cond_dim: int, width: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
-        self.t_mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
-        self.c_mlp = nn.Sequential(nn.Linear(cond_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.t_mlp = nn.Sequential(SampleLinear(freq_dim, width), nn.SiLU(), SampleLinear(width, width))
+        self.c_mlp = nn.Sequential(SampleLinear(cond_dim, width), nn.SiLU(), SampleLinear(width, width))
         self.null = nn.Parameter(torch.randn(width) * 0.02)
 
     def forward(self, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -151,7 +160,7 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.ada = nn.Sequential(nn.SiLU(), SampleLinear(width, 6 * width))
     def forward(self, x, c):
         sa, ca, ga, sm, cm, gm = self.ada(c).chunk(6, dim=1)
         x = x + ga[:, None] * self.attn(modulate(self.norm1(x), sa, ca))
@@ -175,7 +184,7 @@ class DiT(nn.Module):
         self.embed = ConditionEmbedding(cond_dim, width)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.final_ada = nn.Sequential(nn.SiLU(), SampleLinear(width, 2 * width))
         self.final = nn.Linear(width, patch_size * patch_size * in_channels)
         self._init()
 
@@ -204,7 +213,7 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb: int, groups: int = 8):
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(min(groups, cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb, 2 * cout)
+        self.emb = SampleLinear(emb, 2 * cout)
         self.norm2, self.conv2 = nn.GroupNorm(min(groups, cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight); nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -279,14 +288,14 @@ def diffusion_loss(denoiser: nn.Module, schedule: NoiseSchedule, x0: torch.Tenso
     x_t = schedule.q_sample(x0, t, noise)
     v = denoiser(x_t, t, cond * keep[:, None], landmarks)
     mse = (v.float() - schedule.v_target(x0, noise, t)).square().mean()
-    loss, logs = mse, {"loss/v_mse": float(mse), "cond_kept": float(keep.float().mean())}
+    loss, logs = mse, {"loss/v_mse": float(mse.detach()), "cond_kept": float(keep.float().mean())}
     if identity_fn is not None and identity_weight > 0 and bool(keep.any()):
         x0_hat = schedule.x0_from_v(x_t, t, v).clamp(-1, 1)[keep]
         emb = F.normalize(identity_fn(x0_hat).float(), dim=1)
         ident = (emb - F.normalize(cond[keep].float(), dim=1)).square().sum(1).mean()
         loss = loss + identity_weight * ident
-        logs["loss/identity"] = float(ident)
-    logs["loss/total"] = float(loss)
+        logs["loss/identity"] = float(ident.detach())
+    logs["loss/total"] = float(loss.detach())
     return loss, logs
 
 # %% ../nbs/28_diffusion.ipynb #bbfc86e9
