@@ -414,11 +414,8 @@ class DiffusionFaceGenerator(FaceGenerator):
         "The landmark set (n, 5, 2) each seed draws from the bank"
         return self.landmark_bank[[derive_seed(int(s), LANDMARK_STREAM) % len(self.landmark_bank) for s in seeds]]
 
-    def generate(self, cond: Conditions, seeds: Sequence[int], sampling: dict | None = None,
-                 truncation_psi: float | None = None, noise_mode: str | None = None) -> torch.Tensor:
+    def generate(self, cond: Conditions, seeds: Sequence[int], sampling: dict | None = None) -> torch.Tensor:
         if len(cond) != len(seeds): raise ValueError(f"generate: {len(cond)} conditions but {len(seeds)} seeds")
-        if truncation_psi not in (None, 1, 1.0): raise ValueError(f"diffusion generator has no truncation: truncation_psi must be 1, got {truncation_psi}")
-        if noise_mode not in (None, "random"): raise ValueError(f"diffusion generator samples random noise only, got noise_mode '{noise_mode}'")
         s = resolve_sampling(sampling, self.sampling)
         out = [sample(self.denoiser, self.schedule, cond.values[i:i + self.batch_size], self.landmarks_for(seeds[i:i + self.batch_size]),
                       seeds[i:i + self.batch_size], s, self.device).cpu() for i in range(0, len(seeds), self.batch_size)]
