@@ -17,7 +17,8 @@ from .plots import save_figure
 
 # %% auto #0
 __all__ = ['AUDIT_FIGURES', 'results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'identification_markdown',
-           'stage_times', 'stage_times_markdown', 'audit_figures', 'audit_markdown', 'write_report']
+           'stage_times', 'stage_times_markdown', 'evaluation_figures', 'audit_figures', 'audit_markdown',
+           'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -146,6 +147,16 @@ def stage_times_markdown(times: list[dict], budget_minutes: float = 20.0) -> str
 AUDIT_FIGURES = {"leakage_scores.png": ("leakage", "best authentic match of each synthetic identity against the authentic baseline"),
                  "top_pairs.png": ("pairs", "the closest synthetic (left) / authentic (right) identities")}
 
+def evaluation_figures(evaluate_dir: str | Path, benches: list[str], out_dir: str | Path) -> list[tuple[str, Path]]:
+    "Copy the evaluate stage's ROC and DET figure of each benchmark to `out_dir`; return (caption, path) pairs"
+    from synthface_nb.runloop import copy_atomic
+    out = []
+    for b in benches:
+        for kind, caption in (("roc", "ROC"), ("det", "DET")):
+            src = Path(evaluate_dir)/"plots"/f"{kind}_{b}.png"
+            if src.is_file(): out.append((f"{b}: {caption} of every model", copy_atomic(src, Path(out_dir)/f"{kind}_{b}.png")))
+    return out
+
 def audit_figures(audit_dir: str | Path, out_dir: str | Path) -> list[tuple[str, Path]]:
     "Copy each audited set's leakage histogram and nearest-pair grid to `out_dir`; return (caption, path) pairs"
     from synthface_nb.runloop import copy_atomic
@@ -194,6 +205,8 @@ def write_report(evaluate_dir: str | Path = "artifacts/evaluate", out_dir: str |
     evaluation = json.loads(path.read_text())
     benches, rows = results_rows(evaluation)
     md = results_markdown(benches, rows, title)
+    if curves := evaluation_figures(evaluate_dir, benches, Path(out_dir)/"figures"):
+        md += "\n" + " ".join(f"![{cap}]({p.as_posix()})" for cap, p in curves) + "\n"
     if ident := identification_markdown(evaluation): md += "\n" + ident
     if audit_dir is not None:
         apath = Path(audit_dir)/"audit.json"
