@@ -57,8 +57,9 @@ def load_preset(name: str, presets_dir: str | Path | None = None) -> dict:
 
 # %% ../nbs/08_pipeline.ipynb #23956d1a
 def deep_merge(base, over):
-    "A copy of `base` with `over` applied: dictionaries merge key by key, anything else replaces"
+    "A copy of `base` with `over` applied: dictionaries merge key by key (unless `over` names another registry entry), anything else replaces"
     if not (isinstance(base, dict) and isinstance(over, dict)): return copy.deepcopy(over)
+    if "name" in over and over["name"] != base.get("name", over["name"]): return copy.deepcopy(over)   # another entry: its own arguments
     out = copy.deepcopy(base)
     for k, v in over.items(): out[k] = deep_merge(out.get(k), v) if k in out else copy.deepcopy(v)
     return out
