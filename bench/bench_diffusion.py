@@ -13,9 +13,12 @@ from common import best_time, efficiency, report, section  # noqa: E402
 from synthface_nb.align import ARCFACE_TEMPLATE_112  # noqa: E402
 from synthface_nb.core import torch_generator  # noqa: E402
 from synthface_nb.diffusion import NoiseSchedule, build_denoiser, diffusion_loss, landmark_image, sample  # noqa: E402
+from synthface_nb.pipeline import resolve_preset  # noqa: E402
+from synthface_nb.vigface import vigface_defaults  # noqa: E402
 
-RES, COND = 32, 512
-DENOISERS = {"dit (patch 4, width 128, depth 4)": {"name": "dit", "patch_size": 4, "width": 128, "depth": 4, "heads": 4},
+CPU = resolve_preset("vigface", vigface_defaults(), "cpu")   # the pipeline's cpu preset: what the budget pays for
+RES, COND = int(CPU["resolution"]), 512
+DENOISERS = {"dit, cpu preset ({patch_size}-px patches, width {width}, depth {depth})".format(**CPU["denoiser"]): CPU["denoiser"],
              "unet (channels 32/64/64)": {"name": "unet", "channels": [32, 64, 64], "blocks": 1, "emb": 128}}
 
 
