@@ -117,12 +117,20 @@ def test_readme_results_are_the_pipeline_artifacts():
     assert flat(rr.render()) in flat(readme), "README: re-render the results (python tools/readme_results.py --write, then nbconvert)"
     f = rr.Figures()
     ab = json.loads((ROOT / "artifacts/generators/arcbiface/metrics.json").read_text())
-    fs = f.filtered
+    fs, st1, vg, vg_m = f.filtered, f.stage1, f.vig, f.vig_gen
     prose = {"nbs/05_procedural.ipynb": [f"reaches **{f.acc('teacher'):.1f} %** on the default benchmark"],
              "nbs/23_stylegan2_training.ipynb": [f"{f.gan['identity_acc_end']:.2f} at {f.gan['kimg']:.0f} in\nthe pipeline run the README shows"],
              "nbs/27_arcbiface.ipynb": [f"{ab['id_sim_train_end']:.2f} to the training condition", f"only {ab['id_sim_new_end']:.2f} to a new",
                                         f"μ = {ab['genuine_mu']:.2f}, σ = {ab['genuine_sigma']:.2f}",
-                                        f"{fs['identities']:,} candidate identities the filter kept {fs['kept_identities']} ({fs['images']} images)"]}
+                                        f"{fs['identities']:,} candidate identities the filter kept {fs['kept_identities']} ({fs['images']} images)"],
+             "nbs/29_vigface.ipynb": [f"after {st1['step']} steps each virtual row's nearest other row is at |cos| {st1['mean_max_cos_virtual']:.2f} on average, "
+                                      f"each real row's nearest real row at {st1['mean_max_cos_real']:.2f}",
+                                      f"(0.{round(100 * st1['max_cos_virtual']):02d} and 0.{round(100 * st1['max_cos_real']):02d})",
+                                      f"Stage 2** trains {vg_m['loss/v_mse_end_kimg']:.1f} kimg",
+                                      f"falls from {vg_m['loss/v_mse_start']:.2f} to {vg_m['loss/v_mse_end']:.2f}",
+                                      f"(cosine {vg_m['probe_cos_real_start']:.2f} → {vg_m['probe_cos_real_end']:.2f})".replace("-", "−"),
+                                      f"({vg_m['probe_cos_virtual_start']:.2f} → {vg_m['probe_cos_virtual_end']:.2f})",
+                                      f"{vg['num_identities']} virtual identities × {vg['images'] // vg['num_identities']} images sit at cosine {vg['cos_own']:.2f}"]}
     for nb, nb_claims in prose.items():
         text = flat("".join("".join(c["source"]) for c in json.loads((ROOT / nb).read_text())["cells"]))
         for claim in nb_claims:
