@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from synthface_nb.core import load_checkpoint
@@ -123,3 +124,49 @@ def test_two_view_objective_plugs_in_without_trainer_changes(tmp_path):
     assert res.finished and all(np.isfinite(res.losses)) and "nce" in res.history[-1]
     assert seen[0] == (2, True)  # two different images of the same identity per sample
     assert load_fr_model(tmp_path / "out" / "model.pt").embedding_dim == 16
+
+
+@pytest.mark.parametrize("objective, kwargs", [("moco", {"queue_size": 24, "temperature": 0.2}),
+                                               ("vigface", {"num_virtual": 8, "head_kwargs": {"s": 16.0}})])
+def test_ddp_label_free_and_virtual_prototype_objectives(tmp_path, objective, kwargs):
+    """USynthFace's MoCo (queue, key encoder, shuffle-BN across ranks) and VIGFace's stage 1 (σ averaged over ranks,
+    per-rank virtual draws) under torchrun with 2 processes: every rank ends with the same backbone and the same
+    objective state (queue, key encoder weights, head rows, σ), and the queue holds the keys of both ranks' images."""
+    data = write_color_folder(tmp_path / "data", n_identities=4, per_identity=8, size=32)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        import synthface_nb.trainer as trainer
+        from synthface_nb.data import ImageFolderDataset
+        from synthface_nb.distributed import init_distributed, shutdown_distributed
+
+        built = []
+        def capture(*a, **k):
+            built.append(trainer_build(*a, **k)); return built[-1]
+        trainer_build, trainer.build_objective = trainer.build_objective, capture
+
+        info, device = init_distributed("cpu")
+        cfg = trainer.TrainConfig(**{{**{TINY!r}, "objective": {objective!r}, "objective_kwargs": {kwargs!r}}}, epochs=2,
+                                  num_workers=0)
+        res = trainer.train_fr(cfg, ImageFolderDataset({str(data)!r}), {str(tmp_path / "out")!r}, device=device, progress=False)
+        torch.save({{"objective": built[0].state_dict(), "losses": res.losses}},
+                   {str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.pt")
+        shutdown_distributed()
+    """))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                         env=_env(), capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s0, s1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    o0, o1 = s0["objective"], s1["objective"]
+    # BatchNorm running statistics are each rank's own (buffers are not broadcast, as for the backbone; in training
+    # mode BN uses the batch's statistics, so they do not steer training): everything else must be equal
+    shared = [k for k in o0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert sorted(o0) == sorted(o1) and [k for k in shared if not torch.equal(o0[k], o1[k])] == []
+    assert s0["losses"] == s1["losses"] and all(np.isfinite(s0["losses"]))   # the logged loss is the all-reduced mean
+    model = load_checkpoint(tmp_path / "out" / "checkpoint.pt", kind="fr_train")
+    assert (model["step"], model["world_size"]) == (8, 2)     # 32 images, 4 per rank and 2 ranks: 4 steps an epoch
+    if objective == "moco":   # 8 steps x 8 keys (4 from each rank) through a 24-key ring (one rank's alone: 8 x 4 % 24 = 8)
+        assert int(o0["queue_ptr"]) == (8 * 8) % 24 == 16 and torch.allclose(o0["queue"].norm(dim=0), torch.ones(24), atol=1e-5)
+        assert not torch.equal(o0["key_encoder.conv1.weight"], model["model"]["conv1.weight"])   # a momentum copy, not the backbone
+    else:
+        assert torch.isfinite(o0["sigma"]).all() and int(o0["steps"]) == 8 and o0["head.weight"].shape == (4 + 8, 16)
