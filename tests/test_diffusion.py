@@ -54,3 +54,48 @@ def test_image_alone_equals_image_in_a_batch_at_cpu_size():
             alone = sample(net, sched, cond[[i]], pts[[i]], [seeds[i]], settings)
             diff = (alone[0] - batch[i]).abs().max().item()
             assert diff <= tol, f"{kind} {settings}: image {i} alone differs from it in a batch of {n} by {diff:.3g}"
+
+
+def test_two_process_training_keeps_ranks_identical(tmp_path):
+    """`train_diffusion` under torchrun with 2 processes (gloo, CPU): each rank draws its own batch and noise, the
+    gradients are averaged, so both ranks end with the same denoiser and EMA; rank 0's checkpoint records both."""
+    import os, subprocess, sys, textwrap
+    from pathlib import Path
+    from synthface_nb.core import load_checkpoint
+    from synthface_nb.testing import write_color_folder
+    data = write_color_folder(tmp_path / "data", n_identities=4, per_identity=4, size=16)
+    script = tmp_path / "ddp_diffusion.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np, torch
+        import synthface_nb.diffusion as d
+        from synthface_nb.data import ImageFolderDataset
+        from synthface_nb.distributed import init_distributed, shutdown_distributed
+        info, device = init_distributed("cpu")
+        ds = ImageFolderDataset({str(data)!r})
+        cfg = {{**d.diffusion_defaults(), "resolution": 16, "cond_dim": 8, "batch_size": 4, "total_kimg": 0.024,
+               "snapshot_kimg": 0.024, "landmark_bank_size": 8,
+               "denoiser": {{"name": "dit", "patch_size": 4, "width": 32, "depth": 1, "heads": 2}}, "sampling": {{"steps": 2}}}}
+        protos = torch.nn.functional.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+        labels = torch.as_tensor(np.asarray(ds.labels))
+        models = []
+        orig = d.update_ema
+        def keep(ema, model, decay):
+            models[:] = [model, ema]; return orig(ema, model, decay)
+        d.update_ema = keep
+        d.train_diffusion(cfg, ds, lambda idx: protos[labels[torch.as_tensor(np.asarray(idx))]],
+                          lambda idx: torch.full((len(idx), 5, 2), 8.0), {str(tmp_path / "out")!r}, device=device,
+                          progress=False, grid=(2, 2))
+        torch.save({{"model": models[0].state_dict(), "ema": models[1].state_dict()}},
+                   {str(tmp_path)!r} + f"/rank{{torch.distributed.get_rank()}}.pt")
+        shutdown_distributed()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for part in ("model", "ema"):
+        assert [k for k in r0[part] if not torch.equal(r0[part][k], r1[part][k])] == [], part
+    ckpt = load_checkpoint(tmp_path / "out" / "training-state.pt", kind="diffusion_training")
+    assert (ckpt["step"], ckpt["world_size"]) == (6, 2)          # 24 images, 4 per step: 6 steps
+    assert all(torch.equal(ckpt["ema"][k], r0["ema"][k]) for k in r0["ema"])
