@@ -9,7 +9,7 @@ export PYTHONHASHSEED := 0
 # dvc runs `papermill` from the stage commands: the venv comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test bench docs preset gpu-smoke hooks clean-venv
+.PHONY: setup run test bench docs readme preset gpu-smoke hooks clean-venv
 
 $(STAMP): requirements.lock pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ hooks: setup
 # Browsable docs, offline: every notebook as an HTML page (not executed) in _docs/; open _docs/index.html.
 docs: setup
 	$(BIN)/python tools/build_docs.py --out _docs
+
+# README.md from nbs/index.ipynb: the results cell from the pipeline's artifacts, then nbconvert with the notebook's
+# `../` links (JupyterLab resolves them from nbs/) made relative to the repository root.
+readme: setup
+	$(BIN)/python tools/readme_results.py --write --readme
 
 # Apply a preset from params.yaml (e.g. `make preset PRESET=paper_sface`); `git checkout params.yaml` undoes it.
 preset: setup

@@ -1,7 +1,5 @@
 """The repository's own contracts: README rendered from nbs/index.ipynb, stage notebooks vs dvc.yaml."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,18 +8,38 @@ import yaml
 from synthface_nb.pipeline import STAGES, load_params, notebook_parameters, stage_parameters, sync_dvc_deps
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
-def render_readme() -> str:
-    out = subprocess.run([str(BIN / "jupyter"), "nbconvert", "--to", "markdown", "--stdout", "nbs/index.ipynb"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    return out.stdout
+def readme_results():
+    "tools/readme_results.py as a module"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "tools/readme_results.py")
+    rr = importlib.util.module_from_spec(spec); spec.loader.exec_module(rr)
+    return rr
 
 
 def test_readme_is_rendered_from_index_notebook():
-    assert (ROOT / "README.md").read_text() == render_readme(), \
-        "README.md differs from nbs/index.ipynb: run `jupyter nbconvert --to markdown --stdout nbs/index.ipynb > README.md`"
+    assert (ROOT / "README.md").read_text() == readme_results().readme(), \
+        "README.md differs from nbs/index.ipynb: run `python tools/readme_results.py --readme`"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_readme_and_index_links_resolve_where_each_is_opened():
+    "The index notebook's relative links resolve from nbs/ (JupyterLab), the README's from the repository root"
+    import json
+    rr = readme_results()
+    nb = "".join("".join(c["source"]) for c in json.loads((ROOT / "nbs/index.ipynb").read_text())["cells"]
+                 if c["cell_type"] == "markdown")
+    for base, text in [(ROOT / "nbs", nb), (ROOT, (ROOT / "README.md").read_text())]:
+        local = [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:|#", t)]
+        assert local, f"no relative links found under {base}"
+        missing = [t for t in local if not (base / t).exists()]
+        assert not missing, f"links that do not resolve from {base}: {missing}"
+    root = "![r](artifacts/r.png) [w](https://x.org) [a](#top) [p](/abs)"
+    assert rr.notebook_links(root) == "![r](../artifacts/r.png) [w](https://x.org) [a](#top) [p](/abs)"
+    assert rr.root_links(rr.notebook_links(root)) == root
 
 
 def test_readme_shows_the_two_commands_and_the_config_location():
@@ -107,14 +125,12 @@ def test_readme_results_are_the_pipeline_artifacts():
     `tools/readme_results.py` renders from the artifacts the pipeline wrote (the git-tracked metrics of `dvc.lock`'s
     run): every number, and every "apart" or "overlap", is the pipeline's. Notebook prose that quotes the run is
     checked against the same artifacts."""
-    import importlib.util
     import json
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "tools/readme_results.py")
-    rr = importlib.util.module_from_spec(spec); spec.loader.exec_module(rr)
+    rr = readme_results()
     readme = (ROOT / "README.md").read_text()
     assert (ROOT / "artifacts/report/results.md").read_text().strip() in readme, "README: paste artifacts/report/results.md"
     flat = lambda t: " ".join(t.split())   # line breaks do not matter
-    assert flat(rr.render()) in flat(readme), "README: re-render the results (python tools/readme_results.py --write, then nbconvert)"
+    assert flat(rr.render()) in flat(readme), "README: re-render the results (python tools/readme_results.py --write --readme)"
     f = rr.Figures()
     ab = json.loads((ROOT / "artifacts/generators/arcbiface/metrics.json").read_text())
     fs, st1, vg, vg_m = f.filtered, f.stage1, f.vig, f.vig_gen

@@ -1,12 +1,19 @@
 """The README's results section, rendered from the artifacts the pipeline wrote (the git-tracked metrics of
-`dvc.lock`'s run): `python tools/readme_results.py --write` puts it into `nbs/index.ipynb` (then render README.md
-with nbconvert); `tests/test_repository.py` renders it again and checks that the README holds exactly this text,
-so every number and every "apart" / "overlap" in it is the pipeline's, not a hand copy."""
+`dvc.lock`'s run): `python tools/readme_results.py --write` puts it into `nbs/index.ipynb`, `--readme` renders
+README.md from that notebook (nbconvert, then links rewritten for the repository root); `tests/test_repository.py`
+renders both again and checks that the README holds exactly this text, so every number and every "apart" /
+"overlap" in it is the pipeline's, not a hand copy.
+
+Links: the notebook lives in `nbs/`, so JupyterLab resolves its relative links from there (`../artifacts/...`);
+the README lives at the root (`artifacts/...`). The notebook is written with `../` links and the README drops them."""
 from __future__ import annotations
 
 import argparse
 import glob
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,17 +151,48 @@ took {sface_part:.1f} of them, against issue 16's goal of 8, and VIGFace's {vig_
     return head + results + prose
 
 
+# A markdown link or image target that is relative to the repository root: not a URL, an anchor, absolute or `../`.
+_ROOT_LINK = re.compile(r"(\]\()(?![a-z][a-z0-9+.-]*:|#|/|\.\./)")
+
+
+def notebook_links(md: str) -> str:
+    "Markdown with the repository root's relative links made relative to `nbs/` (where the notebook opens)"
+    return _ROOT_LINK.sub(r"\1../", md)
+
+
+def root_links(md: str) -> str:
+    "Markdown with the notebook's `../` links made relative to the repository root (where the README lives)"
+    return md.replace("](../", "](")
+
+
 def write_index(text: str) -> None:
-    "Put the rendered section into the results cell of nbs/index.ipynb"
+    "Put the rendered section into the results cell of nbs/index.ipynb, its links relative to `nbs/`"
     path = ROOT / "nbs/index.ipynb"
     nb = json.loads(path.read_text())
-    nb["cells"][INDEX_CELL]["source"] = text.splitlines(keepends=True)
+    nb["cells"][INDEX_CELL]["source"] = notebook_links(text).splitlines(keepends=True)
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+def readme() -> str:
+    "README.md: nbs/index.ipynb converted to markdown by nbconvert, its links made relative to the repository root"
+    jupyter = Path(sys.executable).parent / "jupyter"
+    out = subprocess.run([str(jupyter), "nbconvert", "--to", "markdown", "--stdout", "nbs/index.ipynb"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return root_links(out.stdout)
+
+
+def write_readme() -> None:
+    "Write README.md atomically (a temporary file renamed over it)"
+    tmp = ROOT / "README.md.tmp"
+    tmp.write_text(readme())
+    tmp.replace(ROOT / "README.md")
+
+
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true", help="write the section into nbs/index.ipynb (else print it)")
-    text = render()
-    if ap.parse_args().write: write_index(text)
-    else: print(text)
+    ap.add_argument("--readme", action="store_true", help="render README.md from nbs/index.ipynb (after --write)")
+    args = ap.parse_args()
+    if args.write: write_index(render())
+    if args.readme: write_readme()
+    if not (args.write or args.readme): print(render())
