@@ -17,7 +17,7 @@ import torch
 __all__ = ['CHECKPOINT_FORMAT', 'current_umask', 'atomic_write', 'write_text_atomic', 'write_json_atomic', 'atomic_dir',
            'save_checkpoint', 'load_checkpoint', 'load_state_strict', 'count_parameters', 'Registry', 'derive_seed',
            'sample_rng', 'torch_generator', 'seed_everything', 'seed_worker', 'evaluating', 'resolve_device',
-           'file_digest']
+           'file_digest', 'to_repository_root']
 
 # %% ../nbs/00_core.ipynb #b3ecbee7
 def current_umask() -> int:
@@ -246,3 +246,11 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #c7abfcab
+def to_repository_root(start: str | Path | None = None) -> Path | None:
+    "Change to the nearest folder at or above `start` (the cwd) that holds dvc.yaml; returns it, or None if there is none"
+    here = Path(start or os.getcwd()).resolve()
+    root = next((d for d in (here, *here.parents) if (d/"dvc.yaml").is_file()), None)
+    if root is not None and root != Path(os.getcwd()).resolve(): os.chdir(root)
+    return root
