@@ -16,7 +16,7 @@ from .runloop import check_accelerator, in_launched_process, launch
 
 # %% auto #0
 __all__ = ['generator_recipes', 'GENERATOR_KEYS', 'GENERATED_KEYS', 'GeneratorRecipe', 'get_recipe', 'recipe_settings',
-           'train_generator_run', 'generate_run']
+           'train_generator_run', 'generate_run', 'training_summary_markdown']
 
 # %% ../nbs/20a_generator_recipes.ipynb #76800405
 class GeneratorRecipe(abc.ABC):
@@ -115,3 +115,17 @@ def generate_run(name: str, generated: dict, out_dir: str | Path, report_dir: st
               "generator": generated["generator"], "family": family, "preset": preset, "settings": settings}
     if dist_info().is_main: write_json_atomic(Path(report_dir)/"report.json", report)
     return report
+
+# %% ../nbs/20a_generator_recipes.ipynb #8145291a
+def training_summary_markdown(summary: dict) -> str:
+    "A generator run's summary as markdown: a table of the figures tracked from start to end, then one line of the rest"
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    tracked = [k[:-len("_start")] for k in summary if k.endswith("_start") and f"{k[:-len('_start')]}_end" in summary]
+    rows = [f"| {k} | {fmt(summary[f'{k}_start'])} | {fmt(summary[f'{k}_end'])} | {fmt(summary.get(f'{k}_end_kimg', ''))} |"
+            for k in tracked]
+    done = {f"{k}_{s}" for k in tracked for s in ("start", "end", "end_kimg")} | {"environment"}
+    rest = ", ".join(f"{k} {fmt(v)}" for k, v in summary.items() if k not in done)
+    env = summary.get("environment") or {}
+    where = f"; {env.get('device')} ({env.get('device_name')}), {env.get('nproc')} process(es), batch {env.get('global_batch')}" if env else ""
+    table = "| figure | start | end | at kimg |\n|---|---:|---:|---:|\n" + "\n".join(rows) + "\n\n" if rows else ""
+    return table + rest + where
