@@ -94,7 +94,7 @@ about faces; they show that every stage runs, learns and is measured the way the
 teacher trained on the authentic identities ({f.acc('teacher'):.1f} %) is the ceiling; the same network
 untrained verifies {f.acc('untrained'):.1f} % (raw pixels: about 62 %). Intervals are 95 % bootstrap intervals over
 the benchmark's pairs; pairs share identities, so they are if anything too narrow, and a seed sweep
-(`dvc exp run --queue -S seed=…`) is the stronger check.
+(`tools/seed_sweep.py`, *Seed sweep* above) is the stronger check.
 
 **SFace.** The tiny GAN reaches an identity accuracy of {f.gan['identity_acc_end']:.2f} on its generated images
 after {f.gan['kimg']:.0f} kimg (chance {f.gan['chance']:.4f}). CLS on the synthetic labels reaches
