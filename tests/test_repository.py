@@ -74,6 +74,17 @@ def test_stage_notebook_has_exactly_one_parameters_cell(nb):
     assert params, f"{nb.name}: the parameters cell defines nothing"
 
 
+@pytest.mark.parametrize("nb", STAGE_NOTEBOOKS, ids=[p.stem for p in STAGE_NOTEBOOKS])
+def test_stage_notebook_moves_to_the_repository_root_before_using_a_path(nb):
+    "JupyterLab runs a stage notebook in nbs/stages/; the cell after the parameters moves to the folder of dvc.yaml"
+    import json
+    cells = json.loads(nb.read_text())["cells"]
+    i = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    imports = "".join(cells[i + 1]["source"])
+    assert "from synthface_nb.core import to_repository_root" in imports and "\nto_repository_root()" in imports, \
+        f"{nb.name}: its import cell should call to_repository_root()"
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_runner_parameters_are_the_notebook_parameters_and_defaults_are_params_yaml(stage):
     spec = STAGES[stage]
