@@ -175,8 +175,7 @@ def write_index(text: str) -> None:
 
 def readme() -> str:
     "README.md: nbs/index.ipynb converted to markdown by nbconvert, its links made relative to the repository root"
-    jupyter = Path(sys.executable).parent / "jupyter"
-    out = subprocess.run([str(jupyter), "nbconvert", "--to", "markdown", "--stdout", "nbs/index.ipynb"],
+    out = subprocess.run([sys.executable, "-m", "nbconvert", "--to", "markdown", "--stdout", "nbs/index.ipynb"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return root_links(out.stdout)
 
