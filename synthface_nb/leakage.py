@@ -19,7 +19,7 @@ from .data import ImageFolderDataset, image_grid, save_image
 from .recordio import open_face_dataset
 from .fr_models import best_matches, load_fr_model
 from .filters import ARCBIFACEGAN_MU, ARCBIFACEGAN_SIGMA
-from .metrics import json_ready
+from .metrics import json_ready, model_metadata, model_name
 from .runloop import run_environment
 from .plots import plot_score_histograms, save_figure
 from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated_set_quality, genuine_scores,
@@ -27,7 +27,8 @@ from .quality import (EmbeddedSet, centre_similarities, embed_dataset, generated
 
 # %% auto #0
 __all__ = ['threshold_at_fmr', 'wilson_interval', 'cluster_bootstrap_share', 'identity_leakage', 'label_relation',
-           'identity_relation_test', 'top_pairs_grid', 'leakage_audit', 'audit_generated_sets']
+           'identity_relation_test', 'top_pairs_grid', 'leakage_audit', 'audit_model_info', 'threshold_source',
+           'leakage_summary', 'audit_generated_sets']
 
 # %% ../nbs/44_leakage.ipynb #2e74e4fd
 def threshold_at_fmr(impostor: np.ndarray, fmr: float = 1e-3) -> float:
@@ -202,14 +203,54 @@ def leakage_audit(synthetic: EmbeddedSet, authentic: EmbeddedSet, out_dir: str |
     return out
 
 # %% ../nbs/44_leakage.ipynb #4c091976
+def audit_model_info(model_path: str | Path, authentic: str | Path) -> dict:
+    "Name, format and training set of the FR model at `model_path`, and whether it trained on `authentic` (None: unknown)"
+    meta = model_metadata(model_path)
+    data = meta.get("data")   # our checkpoints: the training set's folder name; ONNX and foreign files: none
+    return {"name": meta.get("run") or model_name(model_path), "path": str(model_path), "format": meta["format"],
+            "trained_on": data, "n_training_identities": meta.get("n_identities"),
+            "trained_on_authentic": None if data is None else data == Path(authentic).name}
+
+def threshold_source(lk: dict, authentic: str | Path, info: dict) -> dict:
+    "Where the FMR thresholds of one leakage result came from: impostor scores among the authentic identities"
+    return {"impostors": f"authentic identities ({authentic})", "fmr": lk["fmr"],
+            "unseen_by_model": None if info["trained_on_authentic"] is None else not info["trained_on_authentic"],
+            "identity_level": {"threshold": lk["identity_level"]["threshold"], "n_impostor_pairs": lk["identity_level"]["n_impostor_scores"]},
+            "sample_level": {"threshold": lk["sample_level"]["threshold"], "n_impostor_scores": lk["sample_level"]["n_impostor_scores"]}}
+
+def leakage_summary(lk: dict) -> dict:
+    "The headline leakage numbers of one `leakage_audit` result"
+    il, sl = lk["identity_level"], lk["sample_level"]
+    return {"identity_share_above": il["share_above"], "identity_baseline_share_above": il["baseline_share_above"],
+            "sample_share_above": sl["share_above"], "sample_baseline_share_above": sl["baseline_share_above"],
+            "identity_share_ci": il["share_ci"], "identity_baseline_share_ci": il["baseline_share_ci"],
+            "sample_share_ci": sl["share_ci"], "sample_baseline_share_ci": sl["baseline_share_ci"],
+            "relation_ks_statistic": lk["identity_relation"].get("ks_statistic")}
+
+def _reference_leakage(sets: dict, auth_ds, model_path, authentic, fmr, relation, k, batch_size, device, seed) -> dict:
+    "Leakage of every set measured with another FR model (numbers only, no files)"
+    info, model = audit_model_info(model_path, authentic), load_fr_model(model_path, device=device)
+    auth = embed_dataset(model, auth_ds, batch_size, device)
+    out, lk = {}, None
+    for name, path in sets.items():
+        syn = embed_dataset(model, ImageFolderDataset(path), batch_size, device)
+        lk = leakage_audit(syn, auth, None, fmr, relation, k, device=device, seed=seed)
+        out[name] = leakage_summary(lk)
+    return {**info, "threshold_source": threshold_source(lk, authentic, info), "sets": out}
+
 def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path], authentic: str | Path, model_path: str | Path,
                          out_dir: str | Path = "artifacts/audit", fmr: float = 1e-3, relation: str = "auto",
                          thresholds: str = "authentic", k: int = 8, fid: bool = False, batch_size: int | None = None,
-                         device: str | torch.device = "cpu", seed: int = 0) -> dict:
+                         device: str | torch.device = "cpu", seed: int = 0,
+                         reference_models: Sequence[str | Path] | None = None) -> dict:
     "Quality and leakage of every generated image folder against the authentic one; JSON + PNG per set"
     sets = dict(generated) if isinstance(generated, dict) else {Path(p).name: Path(p) for p in generated}
     if not sets: raise ValueError("no generated sets to audit")
     if thresholds not in ("authentic", "published"): raise ValueError(f"thresholds must be 'authentic' or 'published', got {thresholds!r}")
+    info = audit_model_info(model_path, authentic)
+    refs = [p for p in (reference_models or []) if p and Path(p) != Path(model_path)]
+    names = [info["name"]] + [audit_model_info(p, authentic)["name"] for p in refs]
+    if len(set(names)) < len(names): raise ValueError(f"the audit and reference models need distinct names, got {names}")
     model = load_fr_model(model_path, device=device)
     auth_ds = open_face_dataset(authentic)
     auth = embed_dataset(model, auth_ds, batch_size, device)
@@ -226,19 +267,21 @@ def audit_generated_sets(generated: dict[str, str | Path] | Sequence[str | Path]
         agreement[name] = {k: q["verification"][k] for k in AGREEMENT_KEYS} if q["verification"] else None
         write_json_atomic(out_dir/"sets"/name/"quality.json", json_ready(q))
         lk = leakage_audit(syn, auth, out_dir/"sets"/name, fmr, relation, k, device=device, seed=seed)
-        rel = lk["identity_relation"]
         summary[name] = {
             "n_images": q["n_images"], "n_identities": q["n_identities"],
             "eer": q["verification"]["eer"] if q["verification"] else None,
             "share_inside_band": q["intra_class"]["share_inside_band"],
             "share_unique_identities": q["separability"]["share_unique_identities"],
-            "identity_share_above": lk["identity_level"]["share_above"],
-            "identity_baseline_share_above": lk["identity_level"]["baseline_share_above"],
-            "sample_share_above": lk["sample_level"]["share_above"],
-            "sample_baseline_share_above": lk["sample_level"]["baseline_share_above"],
-            "identity_share_ci": lk["identity_level"]["share_ci"], "identity_baseline_share_ci": lk["identity_level"]["baseline_share_ci"],
-            "sample_share_ci": lk["sample_level"]["share_ci"], "sample_baseline_share_ci": lk["sample_level"]["baseline_share_ci"],
-            "relation_ks_statistic": rel.get("ks_statistic"), **({"fid": q["fid"], "kid": q["kid"]} if fid else {})}
-    write_json_atomic(out_dir/"audit.json", json_ready({"model": str(model_path), "fmr": fmr, "mu": mu, "sigma": sigma, "sets": summary,
-                                                        "agreement": agreement, "environment": run_environment(device)}))
+            **leakage_summary(lk), **({"fid": q["fid"], "kid": q["kid"]} if fid else {})}
+    del model, auth
+    reference = {}
+    for p in refs:
+        r = _reference_leakage(sets, auth_ds, p, authentic, fmr, relation, k, batch_size, device, seed)
+        reference[r.pop("name")] = r
+    write_json_atomic(out_dir/"audit.json", json_ready({
+        "model": str(model_path), "model_info": info, "fmr": fmr,
+        "threshold_source": threshold_source(lk, authentic, info),
+        "band_source": "published (ArcBiFaceGAN)" if thresholds == "published" else f"authentic genuine scores ({authentic})",
+        "mu": mu, "sigma": sigma, "sets": summary, "agreement": agreement, "reference_models": reference,
+        "environment": run_environment(device)}))
     return json_ready(summary)

@@ -312,7 +312,8 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
 
 # %% ../nbs/08_pipeline.ipynb #11ff9611
 PROCEDURAL_DATA = {"authentic": dict(n_identities=128, images_per_identity=16, first_identity=0),
-                   "heldout": dict(n_identities=48, images_per_identity=10, first_identity=100_000)}
+                   "heldout": dict(n_identities=48, images_per_identity=10, first_identity=100_000),
+                   "auditset": dict(n_identities=64, images_per_identity=10, first_identity=200_000)}
 PROCEDURAL_DATA_OPTIONS = dict(seed=0, difficulty=1.0, image_format="jpg", quality=85, with_nir=True)
 
 def write_procedural_data(out: str | Path = "data", sets: dict[str, dict] = PROCEDURAL_DATA, progress: bool = True) -> dict[str, dict]:

@@ -17,8 +17,8 @@ from .plots import save_figure
 
 # %% auto #0
 __all__ = ['AUDIT_FIGURES', 'results_rows', 'overlapping_rows', 'results_markdown', 'results_figure', 'identification_markdown',
-           'stage_times', 'stage_times_markdown', 'evaluation_figures', 'audit_figures', 'audit_markdown',
-           'write_report']
+           'stage_times', 'stage_times_markdown', 'evaluation_figures', 'audit_figures', 'model_provenance',
+           'audit_markdown', 'write_report']
 
 # %% ../nbs/45_report.ipynb #93ae5f60
 def _fmt_count(n) -> str:
@@ -168,13 +168,32 @@ def audit_figures(audit_dir: str | Path, out_dir: str | Path) -> list[tuple[str,
     return out
 
 # %% ../nbs/45_report.ipynb #e796072e
+def model_provenance(info: dict | None) -> str:
+    "What an audit FR model trained on, in words: whether it saw the authentic identities"
+    if not info: return "training data not recorded"
+    seen = info.get("trained_on_authentic")
+    if seen is None: return "training data unknown"
+    n = f", {info['n_training_identities']} identities" if info.get("n_training_identities") else ""
+    return (f"trained on the authentic identities" if seen
+            else f"trained on {info['trained_on']}{n}, never saw the authentic identities")
+
+def _threshold_words(ts: dict) -> str:
+    il, sl = ts["identity_level"], ts["sample_level"]
+    return (f"FMR={ts['fmr']:g} from {il['n_impostor_pairs']:,} impostor pairs of identity centres (threshold {il['threshold']:.3f}) "
+            f"and {sl['n_impostor_scores']:,} image-to-other-centre impostor scores (threshold {sl['threshold']:.3f}) of the "
+            f"{ts['impostors']}")
+
 def audit_markdown(audit: dict) -> str:
     "A markdown table of the headline audit numbers per generated set"
     fmr = audit.get("fmr", 1e-3)
-    lines = [f"**Generated sets** — leakage: share of synthetic identities (images) whose best authentic match is above the "
-             f"authentic threshold at FMR={fmr:g}, next to the same share for authentic identities against each other (baseline).",
-             "", "| set | images | identities | own EER | inside ArcBiFaceGAN band | identities above (baseline) | images above (baseline) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = []
+    if info := audit.get("model_info"):
+        lines += [f"**Audit model**: {info['name']} ({model_provenance(info)}); thresholds: "
+                  + (_threshold_words(audit["threshold_source"]) if audit.get("threshold_source") else f"FMR={fmr:g}") + ".", ""]
+    lines += [f"**Generated sets** — leakage: share of synthetic identities (images) whose best authentic match is above the "
+              f"authentic threshold at FMR={fmr:g}, next to the same share for authentic identities against each other (baseline).",
+              "", "| set | images | identities | own EER | inside ArcBiFaceGAN band | identities above (baseline) | images above (baseline) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     def pct(x): return "–" if x is None else f"{100 * x:.1f} %"
     def share(s, key):
         ci = s.get(key.replace("_above", "_ci"))
@@ -186,6 +205,13 @@ def audit_markdown(audit: dict) -> str:
                      f"{share(s, 'sample_share_above')} ({share(s, 'sample_baseline_share_above')}) |")
     if has_ci: lines += ["", "[95 % intervals: Wilson over identities for the identity shares, a bootstrap over identities for the "
                          "image shares; the threshold is held fixed.]"]
+    if refs := audit.get("reference_models"):
+        lines += ["", "**The same leakage under other FR models**, each with its own thresholds (same FMR, its impostor scores "
+                  "among the authentic identities):", "",
+                  "| set | model | identities above (baseline) | images above (baseline) |", "|---|---|---:|---:|"]
+        lines += [f"| {name} | {ref} ({model_provenance(r)}) | {share(s, 'identity_share_above')} ({share(s, 'identity_baseline_share_above')}) | "
+                  f"{share(s, 'sample_share_above')} ({share(s, 'sample_baseline_share_above')}) |"
+                  for ref, r in refs.items() for name, s in r["sets"].items()]
     if agreement := audit.get("agreement"):
         lines += ["", "**Identity agreement** under the audit model: cosine between images of one identity (genuine) and of "
                   "different identities (impostor), and the EER that separates them; for a set of unlabelled subjects "

@@ -223,8 +223,8 @@ def _toy_workspace(root: Path):
         a = face(); imgs += [noisy(a), noisy(a if s else face())]
     write_bin(root / "bench" / "procedural.bin", [encode_image(i) for i in imgs], same)
     torch.manual_seed(0)
-    save_fr_model(root / "models" / "teacher" / "model.pt", _net(), method="teacher", preset="cpu")
-    save_fr_model(root / "models" / "cls" / "model.pt", _net(), method="SFace-CLS", preset="cpu")
+    save_fr_model(root / "models" / "teacher" / "model.pt", _net(), method="teacher", preset="cpu", data="auth", n_identities=6)
+    save_fr_model(root / "models" / "cls" / "model.pt", _net(), method="SFace-CLS", preset="cpu", data="other", n_identities=10)
     bases = [face() for _ in range(6)]
     for k in range(6):
         for i in range(3): save_image(root / "auth" / f"{k:04d}" / f"{i}.png", noisy(bases[k]))
@@ -237,7 +237,7 @@ def test_stage_notebooks_evaluate_audit_report(tmp_path):
     run_stage("evaluate", tmp_path, out_dir="out/evaluate", evaluate={"models": "models/*/model.pt", "benchmarks": "bench",
               "batch_size": 0, "max_pairs": 0, "strict": False, "device": "cpu"})
     run_stage("audit", tmp_path, out_dir="out/audit", seed=0, audit={"generated": "gen/images", "authentic": "auth",
-              "model": "models/teacher/model.pt", "fmr": 0.05, "relation": "auto", "thresholds": "authentic", "top_k": 8,
+              "model": "models/cls/model.pt", "reference_model": "models/teacher/model.pt", "fmr": 0.05, "relation": "auto", "thresholds": "authentic", "top_k": 8,
               "fid": False, "batch_size": 0, "device": "cpu"})
     (tmp_path / "times").mkdir()
     (tmp_path / "times" / "evaluate.json").write_text(json.dumps({"stage": "evaluate", "seconds": 12.5}))
@@ -249,8 +249,17 @@ def test_stage_notebooks_evaluate_audit_report(tmp_path):
     assert metrics["cls"]["procedural"]["accuracy"] == direct.accuracy
     audit = json.loads((tmp_path / "out" / "audit" / "audit.json").read_text())
     assert list(audit["sets"]) == ["gen"] and audit["sets"]["gen"]["n_identities"] == 3
+    # the audit model (trained elsewhere) sets the thresholds from 6 * 5 / 2 centre pairs and 18 images x 5 other centres
+    # of the authentic identities; the teacher (trained on them) stands beside it, labelled
+    ts = audit["threshold_source"]
+    assert (audit["model_info"]["name"], audit["model_info"]["trained_on_authentic"], ts["unseen_by_model"]) == ("cls", False, True)
+    assert (ts["identity_level"]["n_impostor_pairs"], ts["sample_level"]["n_impostor_scores"]) == (15, 90)
+    ref = audit["reference_models"]["teacher"]
+    assert (ref["trained_on_authentic"], ref["threshold_source"]["unseen_by_model"], list(ref["sets"])) == (True, False, ["gen"])
     leak = json.loads((tmp_path / "out" / "audit" / "sets" / "gen" / "leakage.json").read_text())
     assert leak["top_pairs"][0]["synthetic"] == "000000" and leak["top_pairs"][0]["authentic"] == "0000"
     md = (tmp_path / "out" / "report" / "results.md").read_text()
     assert "| cls | SFace-CLS | cpu |" in md and "| gen |" in md and "| evaluate | 12 | 100 % |" in md
+    assert "**Audit model**: cls (trained on other, 10 identities, never saw the authentic identities); thresholds: FMR=0.05 from 15 " in md
+    assert "| gen | teacher (trained on the authentic identities) |" in md
     assert (tmp_path / "out" / "report" / "results.png").stat().st_size > 0

@@ -118,7 +118,8 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
         fr_runs_with_teacher={"toy_kt": {"data": "artifacts/aligned/toy", "objective": "kt",
                                          "teacher": "artifacts/train_fr/toy_spread/model.pt", "overrides": TINY_FR}})
     params["prepare"]["n_pairs"] = 200
-    params["audit"].update(model="artifacts/train_fr/toy_spread/model.pt", top_k=2)
+    params["audit"].update(model="artifacts/train_fr/toy_spread/model.pt", reference_model="artifacts/train_fr/toy_kt/model.pt",
+                           top_k=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run([BIN / "dvc", "repro"], repo, env)
     for stage in ("train_generator@toy", "generate@toy", "align@toy", "train_fr@toy_spread", "train_fr_with_teacher@toy_kt",
@@ -132,6 +133,10 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
     evaluation = (repo / "artifacts" / "evaluate" / "evaluation.json").read_text()
     assert '"toy_spread"' in evaluation and '"toy_kt"' in evaluation, "both runs are evaluated"
     assert "toy_spread" in (repo / "artifacts" / "report" / "results.md").read_text()
+    audit = json.loads((repo / "artifacts" / "audit" / "audit.json").read_text())   # both FR runs trained on the toy set
+    assert (audit["model_info"]["name"], audit["model_info"]["trained_on"], audit["threshold_source"]["unseen_by_model"]) == \
+        ("toy_spread", "toy", True)
+    assert list(audit["reference_models"]) == ["toy_kt"]
     assert {p: (repo / p).read_bytes() for p in before} == before
     again = _run([BIN / "dvc", "status"], repo, env)
     assert "up to date" in again, again
