@@ -276,5 +276,6 @@ def apply_num_threads(requested, sample_s: float = 0.3) -> dict:
     if n is not None: torch.set_num_threads(n)
     _THREAD_CHOICE.clear()
     _THREAD_CHOICE.update(requested=requested, threads=torch.get_num_threads(), usable_cores=cores,
-                          busy_elsewhere=None if busy is None else round(busy, 2), reason=why)
+                          busy_elsewhere=None if busy is None else round(busy, 2), reason=why,
+                          omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))  # read by OpenMP at start only
     return dict(_THREAD_CHOICE)
