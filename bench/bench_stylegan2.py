@@ -1,15 +1,20 @@
 """StyleGAN2 (SFace generator): generation img/s and FLOP efficiency for the CPU and 128-px presets, fused vs
 non-fused modulated convolution, memory growth of streaming generation for 1k vs 4k images above a warm baseline,
-training-step img/s."""
+training-step img/s and FLOP efficiency with lazy R1, conv calls per step with the reference vs the custom
+upfirdn2d backward."""
 from __future__ import annotations
 import subprocess, sys, textwrap, time
+from contextlib import contextmanager, nullcontext
+from unittest import mock
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, efficiency, report, section  # noqa: E402
+from common import best_time, efficiency, matmul_gflops, report, section  # noqa: E402
 
 from synthface_nb.stylegan2 import StyleGAN2FaceGenerator, build_generator  # noqa: E402
 from synthface_nb.stylegan2_training import training_preset  # noqa: E402
@@ -77,26 +82,86 @@ def _rss_mb(n_ids: int) -> tuple[float, float, float]:
     return base, growth, time.perf_counter() - t
 
 
-def _training_step() -> None:
+@contextmanager
+def _reference_upfirdn2d():
+    "Run upfirdn2d through its plain-op reference (autograd differentiates it op by op), as before the custom Function"
+    import synthface_nb.stylegan2 as sg2
+    ref = lambda x, f, up, down, padding, gain, flip: sg2._upfirdn2d_ref(x, f, up, down, padding, gain, flip)
+    with mock.patch.object(sg2._UpFirDn2d, "apply", staticmethod(ref)): yield
+
+
+class _FlopCount(TorchDispatchMode):
+    "Conv + matmul FLOPs by torch's flop formulas (FlopCounterMode's module tracker cannot follow autograd.grad to a leaf, R1's case)"
+    def __init__(self):
+        super().__init__(); self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None: self.total += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+def _conv_calls(fn) -> int:
+    "Convolution kernel calls (forward dispatches and backward ops, the double backward's included) while `fn()` runs"
+    with profile(activities=[ProfilerActivity.CPU]) as p: fn()
+    return sum(e.count for e in p.key_averages() if e.key in ("aten::_convolution", "aten::convolution_backward"))
+
+
+def _training_step(rounds: int = 4) -> None:
     from synthface_nb.stylegan2_training import build_training_state, training_step
     cfg = training_preset("cpu", 10)
     st = build_training_state(cfg, seed=0)
-    n = cfg["batch_size"]
+    n, interval = cfg["batch_size"], cfg["D_reg_interval"]
     real = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     cond = lambda idx: torch.nn.functional.one_hot(torch.as_tensor(idx) % 10, 10).float()
     idx = torch.arange(n).numpy()
-    training_step(st, cfg, real, idx, cond, 100, seed=0)  # step 0 runs all four phases; warm-up
-    st.step = 1
-    times = []
-    for _ in range(4):
-        t = time.perf_counter(); training_step(st, cfg, real, idx, cond, 100, seed=0); times.append(time.perf_counter() - t)
-    report("cpu preset: training step (Gmain + Dmain), batch 16", n / min(times), "img/s")
-    st.step = 16
-    t = time.perf_counter(); training_step(st, cfg, real, idx, cond, 100, seed=0)
-    report("cpu preset: training step with lazy R1 (the preset has no path length)", n / (time.perf_counter() - t), "img/s")
+
+    def step(s: int):
+        st.step = s; training_step(st, cfg, real, idx, cond, 100, seed=0)
+    step(0)  # runs all four phases; warm-up
+    flops = {}
+    for s in (1, interval):
+        with _FlopCount() as fc: step(s)
+        flops[s] = fc.total
+    report("cpu preset: step FLOPs (conv + matmul), plain step", flops[1] / 1e9, "GFLOP")
+    report("cpu preset: step FLOPs, step with lazy R1", flops[interval] / 1e9, "GFLOP")
+    paths = {"reference upfirdn2d (op-by-op autograd)": _reference_upfirdn2d, "custom upfirdn2d Function": nullcontext}
+    for label, ctx in paths.items():
+        with ctx():
+            step(interval)  # warm-up of this path
+            report(f"{label}: conv calls in a step with lazy R1", _conv_calls(lambda: step(interval)), "calls")
+            report(f"{label}: conv calls in a plain step", _conv_calls(lambda: step(1)), "calls")
+    # the machine is shared: rounds alternate the two paths and the matmul, and each figure is its best round
+    best = {(label, s): float("inf") for label in paths for s in (1, interval)}
+    mm = 0.0
+    for _ in range(rounds):
+        for label, ctx in paths.items():
+            with ctx():
+                for s in (1, interval):
+                    t = time.perf_counter(); step(s); best[label, s] = min(best[label, s], time.perf_counter() - t)
+        mm = max(mm, matmul_gflops(fresh=True))  # same thread count as the steps
+    report("fp32 matmul, best round", mm, "GFLOP/s")
+    for label in paths:
+        t_plain, t_r1 = best[label, 1], best[label, interval]
+        report(f"{label}: plain step (Gmain + Dmain), batch {n}", n / t_plain, "img/s")
+        report(f"{label}:   FLOP efficiency vs in-process matmul", efficiency(flops[1] / n, n / t_plain, mm), "%")
+        report(f"{label}: step with lazy R1", n / t_r1, "img/s")
+        report(f"{label}:   FLOP efficiency vs in-process matmul", efficiency(flops[interval] / n, n / t_r1, mm), "%")
+        # every `interval`-th step adds R1: the GAN stage's average step
+        t_avg = ((interval - 1) * t_plain + t_r1) / interval
+        f_avg = ((interval - 1) * flops[1] + flops[interval]) / interval
+        report(f"{label}: average step, R1 every {interval}", n / t_avg, "img/s")
+        report(f"{label}:   FLOP efficiency vs in-process matmul", efficiency(f_avg / n, n / t_avg, mm), "%", "(goal >= 70 %)")
+        report(f"{label}:   R1 step time / plain step time", t_r1 / t_plain, "x")
+    report("R1 step time, reference / custom", best[list(paths)[0], interval] / best[list(paths)[1], interval], "x")
 
 
 def main() -> None:
+    if "--training-only" in sys.argv:  # [--rounds N]: only the training-step figures
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 4
+        with section("StyleGAN2 training"): _training_step(rounds)
+        return
     with section("StyleGAN2 generation"):
         _generation("cpu preset (32 px)", _generator("cpu", 10), 128)
         _generation("paper_sface (128 px, 10,572 classes)", _generator("paper_sface", 10572), 4, repeats=1)

@@ -22,7 +22,7 @@ from .gan_metrics import embed_at_resolution
 from .generators import Conditions, EmbeddingConditioning, load_generator
 from .generator_recipes import GeneratorRecipe, generator_recipes
 from .recordio import open_face_dataset
-from .runloop import check_accelerator, copy_atomic
+from .runloop import apply_num_threads, check_accelerator, copy_atomic
 from .stylegan2 import StyleGAN2FaceGenerator
 from .stylegan2_training import stylegan2_defaults, summarize_history, train_stylegan2, training_config
 
@@ -152,7 +152,7 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
         raise ValueError("arcbiface: the generator is conditioned on an FR model's identity features; declare the entry under "
                          "generators_with_teacher: with teacher: <FR model file>")
     teacher = Path(teacher)
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     dev = check_accelerator(preset, s["device"])
     if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", dist_info().local_rank)
     ds = open_face_dataset(data)
@@ -213,7 +213,7 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
     from synthface_nb.filtered_generation import write_filtered_dataset
     from synthface_nb.generation import write_generated_dataset, finalize_manifest
     model_dir, out_dir, s = Path(model_dir), Path(out_dir), settings
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     info, dev = init_distributed(s["device"])
     gen = load_generator(model_dir/"generator.pt", device=dev, batch_size=s["batch_size"])
     size = s["output_size"] if s["output_size"] > 0 else None

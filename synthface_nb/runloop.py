@@ -6,7 +6,7 @@ Docs: _docs/runloop.html (`make docs` builds it)"""
 
 # %% ../nbs/06a_runloop.ipynb #0f011ee5
 from __future__ import annotations
-import json, os, platform, shutil, socket, subprocess, sys, time
+import json, math, os, platform, shutil, socket, subprocess, sys, time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +17,8 @@ from .core import load_checkpoint, resolve_device, write_json_atomic, write_text
 # %% auto #0
 __all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'flat_settings', 'run_identity', 'check_resume', 'load_resume',
            'check_length', 'RunLog', 'code_digest', 'prepare_state_dir', 'copy_atomic', 'progress_bar', 'set_numerics',
-           'run_environment', 'check_accelerator', 'in_launched_process', 'launch', 'main']
+           'run_environment', 'check_accelerator', 'in_launched_process', 'launch', 'main', 'choose_num_threads',
+           'usable_cores', 'busy_elsewhere', 'apply_num_threads']
 
 # %% ../nbs/06a_runloop.ipynb #d11522bf
 RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "eval_at_end", "snapshot_kimg",
@@ -144,6 +145,8 @@ def set_numerics(device: torch.device, cudnn_benchmark: bool = True, tf32: bool 
     return {"cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if device.type == "cuda" else None}
 
+_THREAD_CHOICE: dict = {}   # the last `apply_num_threads` choice (Thread policy, below)
+
 def run_environment(device: str | torch.device, world_size: int = 1, global_batch: int | None = None,
                     amp: str = "none") -> dict:
     "Where and how a run ran, for its metrics file"
@@ -153,7 +156,7 @@ def run_environment(device: str | torch.device, world_size: int = 1, global_batc
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             **_numerics_now(device),
-            "host": socket.gethostname()}
+            "host": socket.gethostname(), "thread_choice": dict(_THREAD_CHOICE)}
 
 def _numerics_now(device: torch.device) -> dict:
     if device.type != "cuda": return {"cudnn_benchmark": None, "tf32": None}
@@ -223,3 +226,56 @@ def main(argv: list[str] | None = None) -> int:
     return _call(a.args_json, a.result_json)
 
 if __name__ == "__main__" and "IPython" not in sys.modules: sys.exit(main())  # not when run inside a notebook
+
+# %% ../nbs/06a_runloop.ipynb #91345913
+def choose_num_threads(requested, cores: int, busy: float | None) -> tuple[int | None, str]:
+    "Threads for a run and why: `requested` > 0 as given, 0/'auto' the `cores` left after those `busy` elsewhere (>= 1), None unset"
+    if requested is None: return None, "not set: torch's default left as is"
+    if requested not in (0, "auto"):
+        if int(requested) < 1: raise ValueError(f"num_threads must be a positive number, 0 or 'auto', not {requested!r}")
+        return int(requested), f"requested {int(requested)}"
+    if busy is None: return max(1, cores), f"auto: {cores} usable cores, no load reading"
+    n = max(1, min(cores, int(cores - busy + 0.5)))  # a core counts as taken when others keep it busy half the time or more
+    return n, f"auto: {cores} usable cores, {busy:.2f} kept busy by other processes"
+
+def usable_cores() -> int:
+    "CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota"
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max": n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError): pass
+    return n
+
+def _cpu_busy_s(cpus) -> float | None:
+    "Seconds the CPUs `cpus` have spent not idle since boot (/proc/stat), None off Linux"
+    try: lines = Path("/proc/stat").read_text().splitlines()
+    except OSError: return None
+    busy = 0
+    for line in lines:
+        name, *v = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in v[:8]]                  # user nice system idle iowait irq softirq steal
+            busy += sum(v) - v[3] - v[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+def busy_elsewhere(sample_s: float = 0.3) -> float | None:
+    "Cores of this process's CPUs kept busy by other processes over a `sample_s` sample; None where /proc/stat is missing"
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    b0, p0, w0 = _cpu_busy_s(cpus), time.process_time(), time.monotonic()
+    if b0 is None: return None
+    time.sleep(sample_s)
+    b1, p1, w1 = _cpu_busy_s(cpus), time.process_time(), time.monotonic()
+    return max(0.0, (b1 - b0 - (p1 - p0)) / (w1 - w0))
+
+def apply_num_threads(requested, sample_s: float = 0.3) -> dict:
+    "Set torch's intra-op threads by `choose_num_threads` on this machine's readings; return the choice (also in `run_environment`)"
+    cores = usable_cores()
+    busy = busy_elsewhere(sample_s) if requested in (0, "auto") else None
+    n, why = choose_num_threads(requested, cores, busy)
+    if n is not None: torch.set_num_threads(n)
+    _THREAD_CHOICE.clear()
+    _THREAD_CHOICE.update(requested=requested, threads=torch.get_num_threads(), usable_cores=cores,
+                          busy_elsewhere=None if busy is None else round(busy, 2), reason=why,
+                          omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))  # read by OpenMP at start only
+    return dict(_THREAD_CHOICE)

@@ -20,7 +20,7 @@ from .generator_recipes import GeneratorRecipe, generate_run, generator_recipes,
 from .pipeline import parse_overrides
 from .recordio import open_face_dataset
 from .stylegan2_training import stylegan2_defaults, summarize_history, train_stylegan2, training_config
-from .runloop import check_accelerator
+from .runloop import apply_num_threads, check_accelerator
 
 # %% auto #0
 __all__ = ['train_sface_gan', 'sface_generate_defaults', 'generate_sface', 'generate_sface_filtered', 'SFaceRecipe', 'main']
@@ -30,7 +30,7 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
                     state_dir: str | Path | None = None, preset: str = "cpu") -> dict:
     "Train SFace's class-conditional StyleGAN2-ADA on `data` (one class per identity): `out_dir/model`, metrics, live logs"
     out_dir, s = Path(out_dir), settings
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     dev = check_accelerator(preset, s["device"])
     if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", dist_info().local_rank)
     ds = open_face_dataset(data)
@@ -60,7 +60,7 @@ def generate_sface(generator: str | Path, out_dir: str | Path, report_dir: str |
                    progress: bool = True) -> dict:
     "SFace's protocol: `images_per_identity` images of every class (or the first `num_identities`); returns the report"
     s = settings
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     if s["filter"]: return generate_sface_filtered(generator, out_dir, report_dir, s, seed, progress)
     report = generate_from_checkpoint(generator, out_dir, s["images_per_identity"],
                                       s["num_identities"] if s["num_identities"] >= 0 else None, seed=seed,

@@ -36,18 +36,43 @@ def setup_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
 def _pad4(padding) -> list[int]:
     return [int(padding)] * 4 if isinstance(padding, (int, np.integer)) else [int(p) for p in padding]
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0) -> torch.Tensor:
-    "Upsample by zero insertion, pad [x0, x1, y0, y1] (negative crops), filter each channel with `f`, subsample by `down`"
+def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0,
+                   flip_filter: bool = False) -> torch.Tensor:
+    "upfirdn2d in plain torch ops (autograd differentiates it op by op); `flip_filter` correlates with `f` instead of convolving"
     n, c, h, w = x.shape
     px0, px1, py0, py1 = _pad4(padding)
     if up > 1:
         x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    k = (f * gain).flip([0, 1]).to(x.dtype)  # a true convolution (only matters for asymmetric filters)
+    k = (f * gain).to(x.dtype)
+    if not flip_filter: k = k.flip([0, 1])  # a true convolution (only matters for asymmetric filters)
     k = k[None, None].expand(c, 1, *k.shape).contiguous()
     if px0 == px1 == py0 == py1 >= 0: return F.conv2d(x, k, stride=down, padding=px0, groups=c)  # no padded copy
     x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
     return F.conv2d(x, k, stride=down, groups=c)
+
+class _UpFirDn2d(torch.autograd.Function):
+    "upfirdn2d as one autograd op: its input gradient is upfirdn2d again (up/down swapped, filter flipped), through this same op"
+    @staticmethod
+    def forward(ctx, x, f, up, down, padding, gain, flip_filter):
+        if f.requires_grad: raise ValueError("upfirdn2d: the filter is a constant and must not require a gradient")
+        ctx.save_for_backward(f)
+        ctx.args, ctx.in_hw = (up, down, _pad4(padding), gain, flip_filter), x.shape[-2:]
+        return _upfirdn2d_ref(x, f, up, down, padding, gain, flip_filter)
+    @staticmethod
+    def backward(ctx, dy):
+        f, = ctx.saved_tensors
+        up, down, (px0, px1, py0, py1), gain, flip = ctx.args
+        (ih, iw), (oh, ow), (fh, fw) = ctx.in_hw, dy.shape[-2:], f.shape
+        # the adjoint: zero-insert dy by `down`, pad so that the filter lines up with the forward's taps, stride `up`
+        p = [fw - px0 - 1, iw * up - ow * down + px0 - up + 1, fh - py0 - 1, ih * up - oh * down + py0 - up + 1]
+        dx = _UpFirDn2d.apply(dy, f, down, up, p, gain, not flip) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None, None, None, None
+
+def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1, padding=0, gain: float = 1.0) -> torch.Tensor:
+    "Upsample by zero insertion, pad [x0, x1, y0, y1] (negative crops), filter each channel with `f`, subsample by `down`"
+    if torch.is_grad_enabled() and x.requires_grad: return _UpFirDn2d.apply(x, f, up, down, padding, gain, False)
+    return _upfirdn2d_ref(x, f, up, down, padding, gain)  # inference (and ONNX/trace): the plain ops
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
     "Upsample by `up` with filter `f`, output exactly `up` times larger, DC gain 1"

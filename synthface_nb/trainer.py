@@ -24,7 +24,7 @@ from .backbones import build_backbone
 from .heads import check_labels
 from .fr_models import FRModel, load_fr_model, save_fr_model
 from .objectives import ObjectiveContext, build_augmentation, build_objective, objectives
-from .runloop import (RunLog, check_length, check_resume, copy_atomic, load_resume, progress_bar, run_environment,
+from .runloop import (RunLog, apply_num_threads, check_length, check_resume, copy_atomic, load_resume, progress_bar, run_environment,
                                   run_identity, set_numerics)
 
 # %% auto #0
@@ -64,7 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 0           # steps; 0: only when the run stops
     eval_every: int = 0                 # steps between callbacks; 0: only at the end
     eval_at_end: bool = True            # run the callbacks when the run stops (False: an evaluation stage measures the model)
-    num_threads: int | None = None      # torch intra-op threads during the run; None: leave as is
+    num_threads: int | str | None = None   # torch intra-op threads during the run; None: leave as is, 0/"auto": runloop's policy
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -264,7 +264,7 @@ def train_fr(config: TrainConfig, dataset: FaceDataset, out_dir: str | Path | No
              state_dir: str | Path | None = None) -> TrainResult:
     "Train a backbone on `dataset` with `config`; checkpoint in `state_dir` (default `out_dir`), resume, log, write the FR model to `out_dir`"
     before = torch.get_num_threads()
-    if config.num_threads: torch.set_num_threads(config.num_threads)
+    apply_num_threads(config.num_threads)
     try: return _train_fr(config, dataset, out_dir, teacher, device, callbacks, resume, max_steps, live_dir, progress,
                           meta or {}, state_dir)
     finally: torch.set_num_threads(before)

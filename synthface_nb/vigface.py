@@ -23,7 +23,7 @@ from .generation import finalize_manifest, write_generated_dataset
 from .generators import PrototypeConditioning, load_generator
 from .generator_recipes import GeneratorRecipe, generator_recipes
 from .recordio import open_face_dataset
-from .runloop import check_accelerator, copy_atomic
+from .runloop import apply_num_threads, check_accelerator, copy_atomic
 from .stylegan2_training import summarize_history
 
 # %% auto #0
@@ -143,7 +143,7 @@ def train_vigface_diffusion(data: str | Path, out_dir: str | Path, settings: dic
         raise ValueError("vigface: the diffusion model is conditioned on the prototypes of a stage-1 FR model (objective "
                          "vigface); declare the entry under generators_with_teacher: with teacher: <its model.pt>")
     teacher = Path(teacher)
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     dev = check_accelerator(preset, s["device"])
     if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", dist_info().local_rank)
     ds = open_face_dataset(data)
@@ -195,7 +195,7 @@ def generate_vigface(model_dir: str | Path, out_dir: str | Path, report_dir: str
                      progress: bool = True) -> dict:
     "VIGFace's generation: identities from virtual (or real) prototypes, variations from landmarks and seeds; the report"
     model_dir, out_dir, s = Path(model_dir), Path(out_dir), settings
-    if s["num_threads"]: torch.set_num_threads(s["num_threads"])
+    apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     info, dev = init_distributed(s["device"])
     gen = load_generator(model_dir/"generator.pt", device=dev, batch_size=s["batch_size"])
     ids = vigface_identities(gen.conditioning, s["identities"], s["num_identities"])
