@@ -155,3 +155,21 @@ def test_gan_training_steps_with_compile_on_match_eager():
         eager, compiled = (getattr(s, part).state_dict() for s in states)
         assert list(compiled) == list(eager)
         for k in eager: torch.testing.assert_close(compiled[k], eager[k], **GRAD, msg=lambda m: f"{part}.{k}: {m}")
+
+
+@pytest.mark.slow
+def test_fr_training_with_compile_on_matches_eager_and_round_trips(tmp_path):
+    "Three FR steps with the backbone compiled match eager ones; the model file loads as an eager FR model"
+    from synthface_nb.data import ImageFolderDataset
+    from synthface_nb.fr_models import load_fr_model
+    from synthface_nb.testing import write_color_folder
+    from synthface_nb.trainer import TrainConfig, train_fr
+    ds = ImageFolderDataset(write_color_folder(tmp_path / "data", n_identities=3, per_identity=4, size=32))
+    cfg = TrainConfig(network="iresnet18", width=0.125, input_size=32, embedding_size=16, dropout=0.0, batch_size=4,
+                      lr_batch=4, epochs=1, num_workers=0, log_every=1, eval_at_end=False)
+    runs = {s: train_fr(cfg.replace(compile=s), ds, tmp_path / s, device="cpu", progress=False) for s in ("off", "on")}
+    assert (runs["on"].environment["compile"], runs["off"].environment["compile"]) == (True, False)
+    torch.testing.assert_close(runs["on"].losses, runs["off"].losses, **GRAD)
+    on, off = (load_fr_model(tmp_path / s / "model.pt") for s in ("on", "off"))
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(on.embed(x), off.embed(x), **GRAD)
