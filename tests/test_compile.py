@@ -4,9 +4,10 @@ the diffusion DiT. Forward outputs and every parameter's gradient agree within f
 and reorders reductions, so results differ in the last bits, not more (tolerances below). R1 and the path-length
 penalty (double backward, which compiled graphs do not support) run eager through a compiled G and D. A trainer run
 with `compile: on` trains as an eager run does and writes state_dicts without `_orig_mod.` keys (checkpoint round
-trip). Compiling costs tens of seconds per network on a small CPU: the four per-network comparisons are `slow`
-(`pytest -m slow tests/test_compile.py`, ~10 min on the shared 2-core machine here); the default run compiles one
-tiny DiT.
+trip). Without a C++ compiler a run warns once and stays eager. Compiling costs tens of seconds per network on a
+small CPU: the per-network comparisons and the GAN and FR training runs are `slow` (`pytest -m slow
+tests/test_compile.py`, ~10 min on the shared 2-core machine here with cold caches); the default run compiles one
+tiny DiT (~60 s here, cold).
 """
 import copy
 
@@ -173,3 +174,22 @@ def test_fr_training_with_compile_on_matches_eager_and_round_trips(tmp_path):
     on, off = (load_fr_model(tmp_path / s / "model.pt") for s in ("on", "off"))
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(on.embed(x), off.embed(x), **GRAD)
+
+
+def test_no_compiler_warns_once_and_runs_eager(monkeypatch):
+    "Without a working C++ compiler the probe fails: one warning, the module stays eager, the record says why"
+    import warnings
+    import torch._inductor.config as ic
+    from synthface_nb import runloop
+    torch.compile(lambda x: x + 1)(torch.ones(2))          # a compiler found before must not be remembered
+    monkeypatch.setattr(ic.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(runloop, "_COMPILE_PROBLEMS", {})
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(3, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recs = [runloop.maybe_compile(lin, "on", "cpu") for _ in range(2)]
+    assert recs[0] == recs[1] and recs[0]["compile"] is False and "No working C++ compiler" in recs[0]["compile_error"]
+    assert [str(w.message).split(" (")[0] for w in caught] == ["torch.compile does not work on cpu"]
+    assert lin._compiled_call_impl is None
+    torch._dynamo.reset()
