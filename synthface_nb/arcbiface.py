@@ -170,7 +170,7 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
     result = train_stylegan2(config, ds, out_dir/"model", seed=seed, device=dev,
                              condition_fn=lambda idx: cond[torch.as_tensor(np.asarray(idx))], resume="auto",
                              snapshot_kimg=s["snapshot_kimg"], on_snapshot=score, num_workers=s["num_workers"],
-                             progress=progress, state_dir=state_dir, live_dir=out_dir/"live")
+                             progress=progress, state_dir=state_dir, live_dir=out_dir/"live", compile=s["compile"])
     mu, sigma = genuine_score_statistics(table["features"], table["labels"])
     stats = {"mu": mu, "sigma": sigma}
     summary = {**summarize_history(result["history"], ("id_sim_train", "id_sim_new", "kid")),

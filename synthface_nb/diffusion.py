@@ -20,8 +20,8 @@ from .data import FaceDataset, TrainingImages, image_grid, save_image, to_float_
 from .distributed import barrier, dist_info, wrap_ddp
 from .generators import (Conditions, FaceGenerator, conditioning_from_state, conditioning_state, generators,
                                      tensor_digest)
-from .runloop import (RunLog, check_length, copy_atomic, load_resume, progress_bar, run_environment, run_identity,
-                                  set_numerics)
+from .runloop import (RunLog, check_length, copy_atomic, load_resume, maybe_compile, progress_bar, run_environment,
+                                  run_identity, set_numerics)
 
 # %% auto #0
 __all__ = ['beta_schedules', 'LANDMARK_COLORS', 'denoisers', 'samplers', 'LANDMARK_STREAM', 'diffusion_defaults', 'cosine_betas',
@@ -42,7 +42,8 @@ def diffusion_defaults() -> dict:
             "optimizer": {"lr": 1e-4, "betas": [0.9, 0.999], "weight_decay": 0.0},
             "ema": {"decay": 0.9999, "warmup": True},
             "batch_size": 256, "total_kimg": 50000, "snapshot_kimg": 500.0, "landmark_bank_size": 10000,
-            "sampling": {"sampler": "ddim", "steps": 50, "eta": 0.0, "guidance": 4.0}}
+            "sampling": {"sampler": "ddim", "steps": 50, "eta": 0.0, "guidance": 4.0},
+            "compile": "auto"}   # torch.compile the trained denoiser: auto | on | off (runloop.maybe_compile)
 
 # %% ../nbs/28_diffusion.ipynb #f685a0b3
 beta_schedules = Registry("beta schedule")
@@ -487,6 +488,7 @@ def train_diffusion(config: dict, dataset: FaceDataset, condition_fn: Callable[[
         torch.manual_seed(derive_seed(seed, 0))
         model = build_denoiser(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    compiled = maybe_compile(model, config.get("compile", diffusion_defaults()["compile"]), device)   # in place, after the EMA copy
     opt_cfg = dict(config["optimizer"])
     opt = torch.optim.AdamW(model.parameters(), lr=opt_cfg["lr"], betas=tuple(opt_cfg["betas"]), weight_decay=opt_cfg["weight_decay"])
     ddp = wrap_ddp(model, device)
@@ -569,4 +571,4 @@ def train_diffusion(config: dict, dataset: FaceDataset, condition_fn: Callable[[
         shutil.copytree(state_dir / "grids", out_dir / "grids")
     barrier()
     return {"step": step, "kimg": step * batch / 1000, "done": finished, "history": log.history,
-            "environment": run_environment(device, info.world_size, batch, "none")}
+            "environment": {**run_environment(device, info.world_size, batch, "none"), **compiled}}

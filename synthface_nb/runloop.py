@@ -15,14 +15,15 @@ import torch
 from .core import load_checkpoint, resolve_device, write_json_atomic, write_text_atomic
 
 # %% auto #0
-__all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'flat_settings', 'run_identity', 'check_resume', 'load_resume',
-           'check_length', 'RunLog', 'code_digest', 'prepare_state_dir', 'copy_atomic', 'progress_bar', 'set_numerics',
-           'run_environment', 'check_accelerator', 'in_launched_process', 'launch', 'main', 'choose_num_threads',
+__all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'COMPILE_AUTO', 'flat_settings', 'run_identity', 'check_resume',
+           'load_resume', 'check_length', 'RunLog', 'code_digest', 'prepare_state_dir', 'copy_atomic', 'progress_bar',
+           'set_numerics', 'run_environment', 'check_accelerator', 'resolve_compile', 'compile_problem',
+           'maybe_compile', 'eager_forward', 'in_launched_process', 'launch', 'main', 'choose_num_threads',
            'usable_cores', 'busy_elsewhere', 'apply_num_threads']
 
 # %% ../nbs/06a_runloop.ipynb #d11522bf
 RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "eval_at_end", "snapshot_kimg",
-                     "device", "nproc", "loss.head_weights")
+                     "device", "nproc", "compile", "loss.head_weights")
 RESUME_MAY_EXTEND = ("epochs", "total_kimg")
 
 def flat_settings(d: dict, prefix: str = "") -> dict:
@@ -173,6 +174,45 @@ def check_accelerator(preset: str, device: str | torch.device, allow_cpu: bool =
     if resolved.type == "cpu" and str(device) == "auto" and not preset.startswith("cpu") and not quiet:
         print(f"device: auto -> cpu (no CUDA device visible) for preset '{preset}'", flush=True)
     return resolved
+
+# %% ../nbs/06a_runloop.ipynb #c142b7a9
+COMPILE_AUTO = {"cuda": True, "cpu": False}   # what "auto" resolves to per device type (bench/bench_compile.py)
+_COMPILE_PROBLEMS: dict[str, str | None] = {}  # device type -> why compiling fails there (None: it works)
+
+def resolve_compile(setting: str | bool | None, device: str | torch.device) -> bool:
+    "Whether the `compile` setting ('auto', 'on'/True, 'off'/False/None) compiles on `device`"
+    if setting in (True, "on"): return True
+    if setting in (False, "off", None): return False
+    if setting == "auto": return COMPILE_AUTO.get(torch.device(device).type, False)
+    raise ValueError(f"compile must be 'auto', 'on', 'off', True or False, got {setting!r}")
+
+def compile_problem(device: str | torch.device) -> str | None:
+    "Why torch.compile cannot build kernels on `device` (None: it can); probed once per device type, warned once"
+    kind = torch.device(device).type
+    if kind not in _COMPILE_PROBLEMS:
+        try:
+            probe = torch.compile(lambda x: torch.nn.functional.silu(x * 2 + 1), dynamic=False)
+            probe(torch.ones(8, device=device))
+            _COMPILE_PROBLEMS[kind] = None
+        except Exception as e:   # no C++ compiler, no Triton, an inductor bug: all mean "run eager"
+            _COMPILE_PROBLEMS[kind] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            import warnings
+            warnings.warn(f"torch.compile does not work on {kind} ({_COMPILE_PROBLEMS[kind]}); running eager", stacklevel=2)
+    return _COMPILE_PROBLEMS[kind]
+
+def maybe_compile(modules: torch.nn.Module | Sequence[torch.nn.Module], setting: str | bool | None,
+                  device: str | torch.device) -> dict:
+    "Compile `modules` in place when `setting` resolves to on for `device` and compiling works; return what happened (for the run environment)"
+    mods = [modules] if isinstance(modules, torch.nn.Module) else list(modules)
+    on = resolve_compile(setting, device)
+    problem = compile_problem(device) if on else None
+    if on and problem is None:
+        for m in mods: m.compile()
+    return {"compile": on and problem is None, "compile_setting": setting, "compile_error": problem}
+
+def eager_forward(module: torch.nn.Module):
+    "`module`'s forward without its compiled graph (for double backward, which compiled graphs do not support)"
+    return module.forward
 
 # %% ../nbs/06a_runloop.ipynb #4c28cd5f
 def in_launched_process() -> bool:

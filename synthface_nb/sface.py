@@ -39,7 +39,7 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
                          epochs=s["probe_epochs"], seed=seed, device=dev)
     result = train_stylegan2(config, ds, out_dir/"model", seed=seed, device=dev, resume="auto", snapshot_kimg=s["snapshot_kimg"],
                              on_snapshot=score, num_workers=s["num_workers"], progress=progress,
-                             state_dir=state_dir, live_dir=out_dir/"live")
+                             state_dir=state_dir, live_dir=out_dir/"live", compile=s["compile"])
     summary = {**summarize_history(result["history"]), "num_classes": ds.num_classes, "chance": 1 / ds.num_classes,
                "environment": result["environment"]}
     if dist_info().is_main: write_json_atomic(out_dir/"metrics.json", summary)   # under torchrun every rank trains; one writes

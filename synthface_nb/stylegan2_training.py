@@ -25,8 +25,8 @@ from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators,
                                     generator_checkpoint, stylegan2_config)
 from .ada_augment import AdaController, build_augment_pipe
 from .pipeline import deep_merge, resolve_preset
-from .runloop import (RunLog, check_length, copy_atomic, load_resume, progress_bar, run_environment, run_identity,
-                                  set_numerics)
+from .runloop import (RunLog, check_length, copy_atomic, eager_forward, load_resume, maybe_compile, progress_bar,
+                                  run_environment, run_identity, set_numerics)
 
 # %% auto #0
 __all__ = ['auto_config', 'stylegan2_defaults', 'training_config', 'training_preset', 'r1_penalty', 'path_length_penalty',
@@ -61,7 +61,8 @@ def stylegan2_defaults() -> dict:
     return {"resolution": 128, "batch_size": None, "network": {"conv_clamp": 256}, "config": {},
             # the training stage: snapshot cadence, the progress probe, where and how it runs
             "snapshot_kimg": 200.0, "probe_epochs": 15, "eval_per_class": 10, "eval_classes": 50,
-            "device": "auto", "nproc": 1, "num_threads": 0, "num_workers": 0}
+            "device": "auto", "nproc": 1, "num_threads": 0, "num_workers": 0,
+            "compile": "auto"}   # torch.compile G's mapping and synthesis and every D: auto | on | off (runloop.maybe_compile)
 
 def training_config(settings: dict, num_classes: int, gpus: int = 1) -> dict:
     "The training configuration of resolved GAN `settings` for `num_classes` classes on `gpus` devices"
@@ -111,7 +112,7 @@ class StyleGAN2Loss:
         if set(D.keys()) != set(G.heads): raise ValueError(f"discriminators {sorted(D.keys())} do not match generator heads {sorted(G.heads)}")
         self.pl_mean = torch.zeros([], device=next(G.parameters()).device)
 
-    def run_G(self, z, c, gen=None):
+    def run_G(self, z, c, gen=None, eager: bool = False):
         ws = self.G.mapping(z, c)
         if self.style_mixing_prob > 0:
             num_ws = ws.shape[1]
@@ -119,16 +120,17 @@ class StyleGAN2Loss:
             if float(torch.rand((), generator=gen, device=z.device)) >= self.style_mixing_prob: cutoff = num_ws
             z2 = torch.randn(z.shape, generator=gen, device=z.device)
             if cutoff < num_ws: ws[:, cutoff:] = self.G.mapping(z2, c, update_w_avg=False)[:, cutoff:]
-        return self.G.synthesis(ws, noise_mode="random", generator=gen), ws
+        synthesis = eager_forward(self.G.synthesis) if eager else self.G.synthesis   # eager: double backward (path length)
+        return synthesis(ws, noise_mode="random", generator=gen), ws
 
     def split_heads(self, img) -> dict[str, torch.Tensor]:
         "The channels of each head in an image stack (n, sum of head channels, H, W)"
         return dict(zip(self.G.heads, img.split(list(self.G.heads.values()), dim=1)))
 
-    def run_D(self, head: str, x, c, gen=None):
-        "Logits of head `head`'s discriminator on its images `x` (augmented first)"
+    def run_D(self, head: str, x, c, gen=None, eager: bool = False):
+        "Logits of head `head`'s discriminator on its images `x` (augmented first); `eager` bypasses a compiled D (R1)"
         if self.augment_pipe is not None: x = self.augment_pipe(x, gen)
-        return self.D[head](x, c)
+        return (eager_forward(self.D[head]) if eager else self.D[head])(x, c)
 
     def accumulate_gradients(self, phase: str, real_img, real_c, gen_z, gen_c, gain: float = 1.0, gen=None) -> dict:
         "Forward and backward of one phase ('Gmain', 'Greg', 'Dmain', 'Dreg'); return its statistics"
@@ -144,7 +146,7 @@ class StyleGAN2Loss:
             stats["loss/G"] = loss.detach().mean()
         elif phase == "Greg":
             n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-            img, ws = self.run_G(gen_z[:n], gen_c[:n], gen)
+            img, ws = self.run_G(gen_z[:n], gen_c[:n], gen, eager=True)
             pen, pl_mean, _ = path_length_penalty(img, ws, self.pl_mean, self.pl_decay, gen)
             self.pl_mean.copy_(pl_mean.detach())
             # the zero term (as in the reference) gives every parameter behind the image a gradient, 0 if untouched
@@ -164,7 +166,7 @@ class StyleGAN2Loss:
         elif phase == "Dreg":
             reals, total = self.split_heads(real_img), 0
             for h in self.D.keys():
-                logits, pen = r1_penalty(lambda x: self.run_D(h, x, real_c, gen), reals[h])
+                logits, pen = r1_penalty(lambda x: self.run_D(h, x, real_c, gen, eager=True), reals[h])
                 if h == next(iter(self.D.keys())) and self.ada is not None: self.ada.accumulate(logits)
                 total = total + (logits * 0).squeeze(1) + pen * (self.r1_gamma / 2)
                 stats[f"loss/r1_penalty/{h}"] = pen.detach().mean()
@@ -339,7 +341,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
                     snapshot_kimg: float = 4.0, log_every: int = 10, max_steps: int | None = None,
                     on_snapshot: Callable[[Generator, int], dict] | None = None, num_workers: int = 0,
                     cache: bool | None = None, progress: bool = True, state_dir: str | Path | None = None,
-                    live_dir: str | Path | None = None) -> dict:
+                    live_dir: str | Path | None = None, compile: str | bool = "auto") -> dict:
     "Train StyleGAN2-ADA on `dataset` for config['total_kimg'] (or `max_steps` this call), resuming from `state_dir` (default `out_dir`)"
     out_dir, device = Path(out_dir), torch.device(device)
     state_dir = Path(state_dir) if state_dir is not None else out_dir
@@ -356,6 +358,8 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
         labels = np.asarray(dataset.labels)
         condition_fn = lambda idx: conditioning.encode(labels[np.asarray(idx)])
     state = build_training_state(config, seed, device)
+    # in place (state_dict keys unchanged), after G_ema's copy; R1 and path length run eager (double backward)
+    compiled = maybe_compile([state.G.mapping, state.G.synthesis, *state.D.values()], compile, device)
     ckpt_path = state_dir / "training-state.pt"
     identity = run_identity(config, info.world_size, {"seed": seed, "n_images": len(dataset)})
     total_steps = math.ceil(config["total_kimg"] * 1000 / config["batch_size"])
@@ -415,7 +419,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
     barrier()  # rank 0's last checkpoint is on disk before any rank returns (and, say, resumes from it)
     return {"step": state.step, "kimg": state.cur_nimg / 1000, "done": done, "history": log.history,
             "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None,
-            "environment": run_environment(device, info.world_size, config["batch_size"], "none")}
+            "environment": {**run_environment(device, info.world_size, config["batch_size"], "none"), **compiled}}
 
 # %% ../nbs/23_stylegan2_training.ipynb #4b59ee3a
 def write_dvclive(history: list[dict], live_dir: str | Path) -> Path:

@@ -24,8 +24,8 @@ from .backbones import build_backbone
 from .heads import check_labels
 from .fr_models import FRModel, load_fr_model, save_fr_model
 from .objectives import ObjectiveContext, build_augmentation, build_objective, objectives
-from .runloop import (RunLog, apply_num_threads, check_length, check_resume, copy_atomic, load_resume, progress_bar, run_environment,
-                                  run_identity, set_numerics)
+from .runloop import (RunLog, apply_num_threads, check_length, check_resume, copy_atomic, load_resume, maybe_compile,
+                                  progress_bar, run_environment, run_identity, set_numerics)
 
 # %% auto #0
 __all__ = ['TrainConfig', 'lr_factor', 'PlateauSchedule', 'steps_per_epoch', 'StepBatches', 'TrainViews', 'rng_state',
@@ -65,6 +65,7 @@ class TrainConfig:
     eval_every: int = 0                 # steps between callbacks; 0: only at the end
     eval_at_end: bool = True            # run the callbacks when the run stops (False: an evaluation stage measures the model)
     num_threads: int | str | None = None   # torch intra-op threads during the run; None: leave as is, 0/"auto": runloop's policy
+    compile: str | bool = "auto"        # torch.compile the backbone: auto | on | off (runloop.maybe_compile)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -298,6 +299,7 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
     backbone = build_backbone(cfg.network, width=cfg.width, embedding_size=cfg.embedding_size,
                               input_size=cfg.input_size, dropout=cfg.dropout).to(device)
     if cfg.channels_last: backbone.to(memory_format=torch.channels_last)
+    compiled = maybe_compile(backbone, cfg.compile, device)   # in place: state_dict keys unchanged
     ctx = ObjectiveContext(backbone, cfg.embedding_size, dataset.num_classes, teacher, cfg.batch_size * info.world_size,
                            info.world_size, cfg.seed)
     objective = build_objective(cfg.objective, ctx, **cfg.objective_kwargs).to(device)
@@ -399,6 +401,6 @@ def _train_fr(cfg, dataset, out_dir, teacher, device, callbacks, resume, max_ste
         if state_dir != out_dir: copy_atomic(state_dir/"checkpoint.pt", out_dir/"checkpoint.pt")
     log.close()
     n_img = (step - start_step) * cfg.batch_size * info.world_size
-    env = run_environment(device, info.world_size, cfg.batch_size * info.world_size, amp)
+    env = {**run_environment(device, info.world_size, cfg.batch_size * info.world_size, amp), **compiled}
     return TrainResult(log.history, step, total, out_dir, seconds, n_img / max(seconds, 1e-9), t_data / max(seconds, 1e-9),
                        evals, env, stopped_early)

@@ -50,3 +50,12 @@ def make_scratch_repo(dst: Path) -> tuple[Path, dict]:
     run_command(["git", "add", "-A"], dst, env)
     run_command(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", "scratch"], dst, env)
     return dst, env
+
+
+def pytest_collection_modifyitems(config, items):
+    "Tests marked `slow` (minutes on CPU) run only when asked for: `pytest -m slow`"
+    if "slow" in (config.getoption("-m") or ""): return
+    import pytest
+    skip = pytest.mark.skip(reason="slow (minutes on CPU): run with -m slow")
+    for item in items:
+        if "slow" in item.keywords: item.add_marker(skip)
