@@ -20,7 +20,7 @@ from synthface_nb.verification import (THRESHOLDS, distance_metrics, embed_flip_
 from synthface_nb.verification_bin import write_bin
 
 N_PAIRS = 200           # a few hundred pairs keep the whole file near a minute on 2 cores
-BATCH = eval_batch_size("cpu")   # the CPU default, 8: batch 64 runs 2.5x slower here
+BATCH = eval_batch_size("cpu")   # the CPU default, 64
 
 
 def _backbone(width: float) -> tuple[torch.nn.Module, str]:

@@ -20,7 +20,7 @@ from .filters import genuine_score_statistics
 from .fr_models import load_fr_model
 from .gan_metrics import embed_at_resolution
 from .generators import Conditions, EmbeddingConditioning, load_generator
-from .generator_recipes import GeneratorRecipe, generator_recipes
+from .generator_recipes import GeneratorRecipe, generator_recipes, plot_history
 from .recordio import open_face_dataset
 from .runloop import apply_num_threads, check_accelerator, copy_atomic
 from .stylegan2 import StyleGAN2FaceGenerator
@@ -209,9 +209,9 @@ def generation_thresholds(model_dir: str | Path, settings: dict) -> tuple[float,
 def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: str | Path, settings: dict, seed: int = 0,
                        progress: bool = True) -> dict:
     "ArcBiFaceGAN's protocol: new identities, psi 0.7, visible + NIR partners, the Privacy & Diversity filter inside"
-    from synthface_nb.distributed import barrier, init_distributed
+    from synthface_nb.distributed import init_distributed
     from synthface_nb.filtered_generation import write_filtered_dataset
-    from synthface_nb.generation import write_generated_dataset, finalize_manifest
+    from synthface_nb.generation import generate_from_checkpoint
     model_dir, out_dir, s = Path(model_dir), Path(out_dir), settings
     apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     info, dev = init_distributed(s["device"])
@@ -233,12 +233,10 @@ def generate_arcbiface(model_dir: str | Path, out_dir: str | Path, report_dir: s
                                         source=file_digest(model_dir/"generator.pt"), on_change="restart", device=dev,
                                         progress=progress)
     else:
-        report = write_generated_dataset(gen, out_dir, s["images_per_identity"], s["num_identities"], seed=seed,
-                                         seed_policy="derived", sampling=s["sampling"], batch_size=s["batch_size"],
-                                         output_size=size,
-                                         source=file_digest(model_dir/"generator.pt"), on_change="restart", progress=progress)
-        barrier()   # every rank's identities are written before the manifest is assembled
-        if info.is_main: report["manifest"] = str(finalize_manifest(out_dir, s["num_identities"]))
+        report = generate_from_checkpoint(model_dir/"generator.pt", out_dir, s["images_per_identity"], s["num_identities"],
+                                          seed=seed, seed_policy="derived", sampling=s["sampling"],
+                                          batch_size=s["batch_size"], device=dev, output_size=size, on_change="restart",
+                                          progress=progress, generator=gen)
     if info.is_main:   # (an empty filtered set was refused by write_filtered_dataset)
         written = ImageFolderDataset(out_dir)
         report["dataset"] = dataset_statistics(written)
@@ -270,8 +268,6 @@ class ArcBiFaceGANRecipe(GeneratorRecipe):
     def show_training(self, result: dict) -> None:
         import matplotlib.pyplot as plt
         self.show_grids(result)
-        snaps = [r for r in result["history"] if "id_sim_train" in r]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key in ("id_sim_train", "id_sim_new"): ax.plot([r["kimg"] for r in snaps], [r[key] for r in snaps], "o-", label=key)
+        ax = plot_history(result["history"], ("id_sim_train", "id_sim_new"), fmt="o-")
         ax.axhline(result["summary"]["genuine_mu"], ls="--", c="gray", label="authentic genuine mean")
         ax.set_xlabel("kimg"); ax.set_ylabel("cosine to the condition"); ax.legend(); plt.show()

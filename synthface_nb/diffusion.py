@@ -417,7 +417,7 @@ class DiffusionFaceGenerator(FaceGenerator):
 
     def generate(self, cond: Conditions, seeds: Sequence[int], sampling: dict | None = None) -> torch.Tensor:
         if len(cond) != len(seeds): raise ValueError(f"generate: {len(cond)} conditions but {len(seeds)} seeds")
-        s = resolve_sampling(sampling, self.sampling)
+        s = self.resolve_sampling(sampling)   # the interface's: refuses unknown keys; `sample` checks the sampler and types
         out = [sample(self.denoiser, self.schedule, cond.values[i:i + self.batch_size], self.landmarks_for(seeds[i:i + self.batch_size]),
                       seeds[i:i + self.batch_size], s, self.device).cpu() for i in range(0, len(seeds), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 3, self.resolution, self.resolution)

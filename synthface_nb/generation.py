@@ -175,14 +175,14 @@ def read_manifest(path: str | Path) -> list[dict]:
 
 # %% ../nbs/24_generation.ipynb #18b5d2cc
 def generate_from_checkpoint(generator_path: str | Path, out_dir: str | Path, images_per_identity: int,
-                             num_identities: int | None = None, seed: int = 0, seed_policy: str = "sface",
+                             identities: int | Sequence[int] | None = None, seed: int = 0, seed_policy: str = "sface",
                              sampling: dict | None = None, batch_size: int = 64,
-                             device: str = "auto", output_size: int | None = None, on_change: str = "error",
-                             progress: bool = True) -> dict:
-    "Load a generator checkpoint and write its dataset (this rank's share), then the manifest once all ranks are done"
+                             device: str | torch.device = "auto", output_size: int | None = None, on_change: str = "error",
+                             progress: bool = True, generator: FaceGenerator | None = None) -> dict:
+    "Write a generator checkpoint's dataset (this rank's share of `identities`: a count, a list or all), then the manifest once all ranks are done"
     info, dev = init_distributed(device)
-    gen = load_generator(generator_path, device=dev, batch_size=batch_size)
-    ids = num_identities if num_identities is not None else gen.num_identities
+    gen = generator if generator is not None else load_generator(generator_path, device=dev, batch_size=batch_size)
+    ids = identities if identities is not None else gen.num_identities
     rep = write_generated_dataset(gen, out_dir, images_per_identity, ids, seed=seed, seed_policy=seed_policy,
                                   sampling=sampling, batch_size=batch_size,
                                   source=file_digest(generator_path), output_size=output_size, on_change=on_change,

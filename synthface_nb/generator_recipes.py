@@ -8,6 +8,7 @@ Docs: _docs/generator_recipes.html (`make docs` builds it)"""
 from __future__ import annotations
 import abc, json
 from pathlib import Path
+from typing import Sequence
 
 from .core import Registry, write_json_atomic
 from .pipeline import check_entry, import_plugins, resolve_preset
@@ -15,8 +16,8 @@ from .distributed import dist_info
 from .runloop import check_accelerator, in_launched_process, launch
 
 # %% auto #0
-__all__ = ['generator_recipes', 'GENERATOR_KEYS', 'GENERATED_KEYS', 'GeneratorRecipe', 'get_recipe', 'recipe_settings',
-           'train_generator_run', 'generate_run', 'training_summary_markdown']
+__all__ = ['generator_recipes', 'GENERATOR_KEYS', 'GENERATED_KEYS', 'GeneratorRecipe', 'plot_history', 'get_recipe',
+           'recipe_settings', 'train_generator_run', 'generate_run', 'training_summary_markdown']
 
 # %% ../nbs/20a_generator_recipes.ipynb #76800405
 class GeneratorRecipe(abc.ABC):
@@ -53,6 +54,16 @@ class GeneratorRecipe(abc.ABC):
         if grid.exists():
             from IPython.display import Image, display
             display(Image(filename=str(grid)))
+
+def plot_history(history: list[dict], keys: Sequence[str], ax=None, fmt: str = "-", x: str = "kimg", **kw):
+    "Plot each of `keys` against `x` over the training-history records that hold it (on `ax`, or a new one); the axes"
+    if ax is None:
+        import matplotlib.pyplot as plt
+        ax = plt.subplots(figsize=(6, 3.5))[1]
+    for key in keys:
+        rows = [r for r in history if key in r]
+        ax.plot([r[x] for r in rows], [r[key] for r in rows], fmt, **{"label": key, **kw})
+    return ax
 
 generator_recipes = Registry("generator recipe")
 

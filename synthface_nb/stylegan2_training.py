@@ -442,17 +442,17 @@ def summarize_history(history: list[dict], metrics: Sequence[str] = ("identity_a
 def plot_training(history: list[dict], chance: float | None = None):
     "Figure: losses, ADA p and r_t, and the snapshot metrics against kimg (`chance`: identity accuracy of guessing)"
     import matplotlib.pyplot as plt
+    from synthface_nb.generator_recipes import plot_history
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    series = lambda key: ([r["kimg"] for r in history if key in r], [r[key] for r in history if key in r])
-    for key in ("loss/G", "loss/D"): axes[0].plot(*series(key), label=key)
+    plot_history(history, ("loss/G", "loss/D"), axes[0])
     axes[0].set(xlabel="kimg", title="losses"); axes[0].legend()
-    for key in ("augment/p", "augment/r_t"): axes[1].plot(*series(key), label=key)
+    plot_history(history, ("augment/p", "augment/r_t"), axes[1])
     axes[1].axhline(0.6, ls=":", c="gray"); axes[1].set(xlabel="kimg", title="ADA"); axes[1].legend()
     ax2 = axes[2].twinx()
-    axes[2].plot(*series("identity_acc"), "o-", c="C0", label="identity accuracy")
+    plot_history(history, ("identity_acc",), axes[2], "o-", c="C0", label="identity accuracy")
     if chance is not None: axes[2].axhline(chance, ls=":", c="C0", label="chance")
-    ax2.plot(*series("kid"), "s-", c="C3", label="KID (probe features)")
-    ax2.plot(*series("pixel_kid"), "^-", c="C2", label="pixel KID"); ax2.set_yscale("log")
+    plot_history(history, ("kid",), ax2, "s-", c="C3", label="KID (probe features)")
+    plot_history(history, ("pixel_kid",), ax2, "^-", c="C2", label="pixel KID"); ax2.set_yscale("log")
     axes[2].set(xlabel="kimg", ylabel="identity accuracy", title="generated images"); ax2.set_ylabel("KID (log)")
     axes[2].legend(loc="upper left"); ax2.legend(loc="upper right")
     fig.tight_layout()

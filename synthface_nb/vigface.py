@@ -14,14 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from .align import image_names, read_landmarks, template_landmarks
-from .core import file_digest, write_json_atomic
+from .core import write_json_atomic
 from .data import ImageFolderDataset, dataset_statistics, identity_grid, resize_to, save_image, to_float_images
 from .diffusion import DiffusionFaceGenerator, NoiseSchedule, diffusion_defaults, train_diffusion
-from .distributed import barrier, dist_info, init_distributed
+from .distributed import dist_info, init_distributed
 from .fr_models import load_fr_model, load_prototypes
-from .generation import finalize_manifest, write_generated_dataset
+from .generation import generate_from_checkpoint
 from .generators import PrototypeConditioning, load_generator
-from .generator_recipes import GeneratorRecipe, generator_recipes
+from .generator_recipes import GeneratorRecipe, generator_recipes, plot_history
+from .quality import embed_dataset
 from .recordio import open_face_dataset
 from .runloop import apply_num_threads, check_accelerator, copy_atomic
 from .stylegan2_training import summarize_history
@@ -65,10 +66,13 @@ def identity_embedding_fn(fr) -> callable:
     return lambda x: F.normalize(net(resize_to(x, tuple(fr.input_size))).float(), dim=1)
 
 # %% ../nbs/29_vigface.ipynb #150152a6
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    "Rows scaled to unit L2 norm (a zero row stays zero)"
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
 def prototype_agreement(embeddings: np.ndarray, identities: np.ndarray, table: np.ndarray, num_real: int) -> dict:
     "Shares of images nearest their own prototype row and closer to it than to any real row; mean cosine to it"
-    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    p = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    e, p = _unit_rows(embeddings), _unit_rows(table)
     ids = np.asarray(identities, dtype=np.int64)
     cos = e @ p.T
     own = cos[np.arange(len(ids)), ids]
@@ -80,7 +84,7 @@ def prototype_agreement(embeddings: np.ndarray, identities: np.ndarray, table: n
 
 def set_consistency(embeddings: np.ndarray, identities: np.ndarray, images: np.ndarray | None = None) -> dict:
     "Mean within-identity pairwise cosine, mean cosine between identity centres, and (given images) within-identity pixel RMS distance"
-    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    e = _unit_rows(embeddings)
     ids = np.asarray(identities)
     within, centres, pixels = [], [], []
     for k in np.unique(ids):
@@ -93,7 +97,7 @@ def set_consistency(embeddings: np.ndarray, identities: np.ndarray, images: np.n
             x = images[m].reshape(len(m), -1).astype(np.float64)
             d = np.sqrt(((x[:, None] - x[None]) ** 2).mean(-1))
             pixels.append(d[np.triu_indices(len(m), 1)].mean())
-    c = np.stack(centres); c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    c = _unit_rows(np.stack(centres))
     between = (c @ c.T)[np.triu_indices(len(c), 1)]
     out = {"consistency": float(np.mean(within)) if within else None,
            "separability_cos": float(between.mean()) if len(between) else None}
@@ -183,13 +187,12 @@ def vigface_identities(conditioning: PrototypeConditioning, which: str, n: int) 
 
 def generated_set_measures(ds: ImageFolderDataset, fr, conditioning: PrototypeConditioning, resolution: int) -> dict:
     "Prototype agreement and consistency of a generated set (folders named by prototype row), embedded with stage-1 model `fr`"
-    rows = np.array([int(c) for c in ds.classes])[np.asarray(ds.labels)]
-    imgs = torch.stack([torch.tensor(ds.load_image(i)).permute(2, 0, 1) for i in range(len(ds))])
-    x = to_float_images(imgs)
-    emb = torch.cat([fr.embed(x[i:i + 256]) for i in range(0, len(x), 256)]).cpu().numpy()
-    small = resize_to(x, (resolution, resolution)).numpy()   # pixel diversity at the generator's own resolution
-    return {**prototype_agreement(emb, rows, conditioning.table.numpy(), conditioning.num_real),
-            **set_consistency(emb, rows, small)}
+    es = embed_dataset(fr, ds, batch_size=256, flip=False)
+    rows = np.array([int(c) for c in es.classes])[es.labels]
+    imgs = torch.stack([ds[i][0] for i in range(len(ds))])
+    small = resize_to(to_float_images(imgs), (resolution, resolution)).numpy()   # pixel diversity at the generator's resolution
+    return {**prototype_agreement(es.embeddings, rows, conditioning.table.numpy(), conditioning.num_real),
+            **set_consistency(es.embeddings, rows, small)}
 
 def generate_vigface(model_dir: str | Path, out_dir: str | Path, report_dir: str | Path, settings: dict, seed: int = 0,
                      progress: bool = True) -> dict:
@@ -199,13 +202,11 @@ def generate_vigface(model_dir: str | Path, out_dir: str | Path, report_dir: str
     info, dev = init_distributed(s["device"])
     gen = load_generator(model_dir/"generator.pt", device=dev, batch_size=s["batch_size"])
     ids = vigface_identities(gen.conditioning, s["identities"], s["num_identities"])
-    report = write_generated_dataset(gen, out_dir, s["images_per_identity"], ids, seed=seed, seed_policy="derived",
-                                     sampling=s["sampling"], batch_size=s["batch_size"],
-                                     output_size=s["output_size"] if s["output_size"] > 0 else None,
-                                     source=file_digest(model_dir/"generator.pt"), on_change="restart", progress=progress)
-    barrier()   # every rank's identities are written before the manifest is assembled
+    report = generate_from_checkpoint(model_dir/"generator.pt", out_dir, s["images_per_identity"], ids, seed=seed,
+                                      seed_policy="derived", sampling=s["sampling"], batch_size=s["batch_size"], device=dev,
+                                      output_size=s["output_size"] if s["output_size"] > 0 else None, on_change="restart",
+                                      progress=progress, generator=gen)
     if info.is_main:
-        report["manifest"] = str(finalize_manifest(out_dir, ids))
         fr, written = load_fr_model(model_dir/CONDITION_MODEL_FILE, device=dev), ImageFolderDataset(out_dir)
         report["summary"] = {"identities": s["identities"], "num_identities": len(ids),
                              "images": len(ids) * s["images_per_identity"],
@@ -228,10 +229,8 @@ class VIGFaceRecipe(GeneratorRecipe):
     def show_training(self, result: dict) -> None:
         import matplotlib.pyplot as plt
         self.show_grids(result)
-        h = result["history"]
-        series = lambda key: ([r["kimg"] for r in h if key in r], [r[key] for r in h if key in r])
         fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
-        for key in ("loss/v_mse", "loss/identity"): axes[0].plot(*series(key), label=key)
+        plot_history(result["history"], ("loss/v_mse", "loss/identity"), axes[0])
         axes[0].set(xlabel="kimg", ylabel="loss", yscale="log", title="denoiser losses"); axes[0].legend()
-        for key in ("probe_cos_real", "probe_cos_virtual"): axes[1].plot(*series(key), "o-", label=key)
+        plot_history(result["history"], ("probe_cos_real", "probe_cos_virtual"), axes[1], "o-")
         axes[1].set(xlabel="kimg", ylabel="cosine to the prototype", title="probe"); axes[1].legend(); plt.show()
