@@ -31,7 +31,7 @@ class GeneratorRecipe(abc.ABC):
     @abc.abstractmethod
     def train(self, data: str | Path, out_dir: Path, settings: dict, seed: int, progress: bool = True,
               state_dir: Path | None = None, preset: str = "cpu", teacher: str | Path | None = None) -> dict:
-        "Train on the face set `data` (with FR model `teacher` where the method uses one); write `out_dir/model/`, `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
+        "Train on the face set `data` (with FR model `teacher` where the method uses one); write `out_dir/model/` (what generation reads, nothing run-dependent), `out_dir/run/`, `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
     @abc.abstractmethod
     def generate(self, model_dir: Path, out_dir: Path, report_dir: Path, settings: dict, seed: int,
                  progress: bool = True) -> dict:
