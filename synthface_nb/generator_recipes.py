@@ -89,6 +89,7 @@ def train_generator_run(name: str, generator: dict, out_dir: str | Path, preset:
     result = recipe.train(generator["data"], out_dir, settings, seed, progress, Path(state_dir) if state_dir else None, preset,
                           **({"teacher": teacher} if teacher else {}))   # recipes without a teacher need not take one
     if dist_info().is_main:
+        (out_dir/"run").mkdir(parents=True, exist_ok=True)   # the run's records (a stage output): empty for a recipe that keeps none
         write_json_atomic(out_dir/"model"/"recipe.json", {"family": generator["family"], "preset": preset, "seed": seed,
                                                           "data": str(generator["data"]), "teacher": teacher and str(teacher),
                                                           "settings": settings})
