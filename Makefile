@@ -27,6 +27,7 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/dvc pull data.dvc
+	$(BIN)/python -m synthface_nb.pipeline deps   # evaluate's model deps follow params.yaml's FR runs
 	$(BIN)/dvc repro
 
 # One BLAS thread per process: nbdev-test runs notebooks in parallel, and tiny ops on oversubscribed cores

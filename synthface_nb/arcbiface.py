@@ -160,7 +160,7 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
         raise ValueError(f"{data}: ArcBiFaceGAN trains on paired visible + NIR faces; no NIR partners found "
                          "(<identity>/<name>.nir.<ext> next to each image, or VIS/ and NIR/ folders)")
     fr = load_fr_model(teacher, device=dev)
-    cache_dir = Path(state_dir) if state_dir is not None else out_dir/"model"
+    cache_dir = Path(state_dir) if state_dir is not None else out_dir/"run"
     cache_dir.mkdir(parents=True, exist_ok=True)
     table = _feature_table_cached(fr, teacher, ds, s, cache_dir)
     config = arcbiface_training_config(s, table["features"].shape[1], dist_info().world_size)
@@ -170,7 +170,8 @@ def train_arcbiface_gan(data: str | Path, out_dir: str | Path, settings: dict, s
     result = train_stylegan2(config, ds, out_dir/"model", seed=seed, device=dev,
                              condition_fn=lambda idx: cond[torch.as_tensor(np.asarray(idx))], resume="auto",
                              snapshot_kimg=s["snapshot_kimg"], on_snapshot=score, num_workers=s["num_workers"],
-                             progress=progress, state_dir=state_dir, live_dir=out_dir/"live", compile=s["compile"])
+                             progress=progress, state_dir=cache_dir, live_dir=out_dir/"live", run_dir=out_dir/"run",
+                             compile=s["compile"])
     mu, sigma = genuine_score_statistics(table["features"], table["labels"])
     stats = {"mu": mu, "sigma": sigma}
     summary = {**summarize_history(result["history"], ("id_sim_train", "id_sim_new", "kid")),

@@ -20,15 +20,15 @@ from .data import FaceDataset, TrainingImages, image_grid, save_image, to_float_
 from .distributed import barrier, dist_info, wrap_ddp
 from .generators import (Conditions, FaceGenerator, conditioning_from_state, conditioning_state, generators,
                                      tensor_digest)
-from .runloop import (RunLog, check_length, copy_atomic, load_resume, maybe_compile, progress_bar, run_environment,
+from .runloop import (RunLog, check_length, copy_run_outputs, load_resume, maybe_compile, progress_bar, run_environment,
                                   run_identity, set_numerics)
 
 # %% auto #0
-__all__ = ['beta_schedules', 'LANDMARK_COLORS', 'denoisers', 'samplers', 'LANDMARK_STREAM', 'diffusion_defaults', 'cosine_betas',
-           'linear_betas', 'NoiseSchedule', 'timestep_embedding', 'SampleLinear', 'ConditionEmbedding',
-           'landmark_image', 'modulate', 'sincos_pos_embed', 'Attention', 'DiTBlock', 'DiT', 'ResBlock', 'UNet',
-           'build_denoiser', 'denoiser_from_config', 'diffusion_loss', 'guided_prediction', 'ddim_step',
-           'ancestral_step', 'sampling_timesteps', 'resolve_sampling', 'sample', 'ema_decay', 'update_ema',
+__all__ = ['beta_schedules', 'LANDMARK_COLORS', 'denoisers', 'samplers', 'LANDMARK_STREAM', 'MODEL_FILES', 'RUN_FILES',
+           'diffusion_defaults', 'cosine_betas', 'linear_betas', 'NoiseSchedule', 'timestep_embedding', 'SampleLinear',
+           'ConditionEmbedding', 'landmark_image', 'modulate', 'sincos_pos_embed', 'Attention', 'DiTBlock', 'DiT',
+           'ResBlock', 'UNet', 'build_denoiser', 'denoiser_from_config', 'diffusion_loss', 'guided_prediction',
+           'ddim_step', 'ancestral_step', 'sampling_timesteps', 'resolve_sampling', 'sample', 'ema_decay', 'update_ema',
            'DiffusionFaceGenerator', 'diffusion_generator_checkpoint', 'load_diffusion_generator',
            'diffusion_snapshot_grid', 'train_diffusion']
 
@@ -467,8 +467,8 @@ def diffusion_snapshot_grid(denoiser: nn.Module, schedule: NoiseSchedule, cond: 
     return image_grid(to_uint8_images(imgs), ncols=cols)
 
 # %% ../nbs/28_diffusion.ipynb #0aa1fca5
-_OUTPUT_FILES = ("training-state.pt", "generator.pt", "log.jsonl")
 _STATE_KEYS = ("step", "model", "ema", "optimizer")
+MODEL_FILES, RUN_FILES = ("generator.pt", "grids"), ("training-state.pt", "log.jsonl")   # to out_dir, to run_dir
 
 def train_diffusion(config: dict, dataset: FaceDataset, condition_fn: Callable[[np.ndarray], torch.Tensor],
                     landmark_fn: Callable[[np.ndarray], torch.Tensor], out_dir: str | Path, seed: int = 0,
@@ -476,10 +476,12 @@ def train_diffusion(config: dict, dataset: FaceDataset, condition_fn: Callable[[
                     live_dir: str | Path | None = None, progress: bool = True,
                     identity_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     on_snapshot: Callable[[nn.Module, int], dict] | None = None, max_steps: int | None = None,
-                    conditioning=None, log_every: int = 10, grid: tuple[int, int] = (4, 8)) -> dict:
+                    conditioning=None, log_every: int = 10, grid: tuple[int, int] = (4, 8),
+                    run_dir: str | Path | None = None) -> dict:
     "Train the diffusion denoiser of `config` on `dataset` for config['total_kimg'] (or `max_steps` this call), resuming from `state_dir`"
     out_dir, device = Path(out_dir), torch.device(device)
     state_dir = Path(state_dir) if state_dir is not None else out_dir
+    run_dir = Path(run_dir) if run_dir is not None else out_dir   # the finished run's training state and log
     info = dist_info()
     set_numerics(device)
     res, batch = int(config["resolution"]), int(config["batch_size"])
@@ -564,11 +566,7 @@ def train_diffusion(config: dict, dataset: FaceDataset, condition_fn: Callable[[
             acc = {}
     bar.close(); log.close()
     finished = step >= total_steps
-    if finished and info.is_main and state_dir != out_dir:
-        for name in _OUTPUT_FILES:
-            if (state_dir / name).exists(): copy_atomic(state_dir / name, out_dir / name)
-        if (out_dir / "grids").exists(): shutil.rmtree(out_dir / "grids")
-        shutil.copytree(state_dir / "grids", out_dir / "grids")
+    if finished and info.is_main: copy_run_outputs(state_dir, {out_dir: MODEL_FILES, run_dir: RUN_FILES})
     barrier()
     return {"step": step, "kimg": step * batch / 1000, "done": finished, "history": log.history,
             "environment": {**run_environment(device, info.world_size, batch, "none"), **compiled}}

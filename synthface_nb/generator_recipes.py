@@ -32,7 +32,7 @@ class GeneratorRecipe(abc.ABC):
     @abc.abstractmethod
     def train(self, data: str | Path, out_dir: Path, settings: dict, seed: int, progress: bool = True,
               state_dir: Path | None = None, preset: str = "cpu", teacher: str | Path | None = None) -> dict:
-        "Train on the face set `data` (with FR model `teacher` where the method uses one); write `out_dir/model/`, `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
+        "Train on the face set `data` (with FR model `teacher` where the method uses one); write `out_dir/model/` (what generation reads, nothing run-dependent), `out_dir/run/`, `out_dir/metrics.json`, `out_dir/live/`; checkpoints in `state_dir`"
     @abc.abstractmethod
     def generate(self, model_dir: Path, out_dir: Path, report_dir: Path, settings: dict, seed: int,
                  progress: bool = True) -> dict:
@@ -100,6 +100,7 @@ def train_generator_run(name: str, generator: dict, out_dir: str | Path, preset:
     result = recipe.train(generator["data"], out_dir, settings, seed, progress, Path(state_dir) if state_dir else None, preset,
                           **({"teacher": teacher} if teacher else {}))   # recipes without a teacher need not take one
     if dist_info().is_main:
+        (out_dir/"run").mkdir(parents=True, exist_ok=True)   # the run's records (a stage output): empty for a recipe that keeps none
         write_json_atomic(out_dir/"model"/"recipe.json", {"family": generator["family"], "preset": preset, "seed": seed,
                                                           "data": str(generator["data"]), "teacher": teacher and str(teacher),
                                                           "settings": settings})

@@ -19,8 +19,8 @@ from .core import write_json_atomic, write_text_atomic
 __all__ = ['STAGES', 'PROCEDURAL_DATA', 'PROCEDURAL_DATA_OPTIONS', 'load_params', 'find_presets_dir', 'known_presets',
            'load_preset', 'deep_merge', 'merge_settings', 'resolve_preset', 'check_entry', 'parse_overrides',
            'set_preset', 'import_plugins', 'Stage', 'stage_parameters', 'stage_tag', 'run_stage', 'module_imports',
-           'module_closure', 'stage_module_deps', 'sync_dvc_deps', 'notebook_parameters', 'write_procedural_data',
-           'main']
+           'module_closure', 'stage_entry_deps', 'stage_module_deps', 'sync_dvc_deps', 'notebook_parameters',
+           'write_procedural_data', 'main']
 
 # %% ../nbs/08_pipeline.ipynb #54ea8d99
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -138,6 +138,7 @@ class Stage:
     paths: tuple[tuple[str, str], ...] = ()  # notebook parameter -> path of an output or input ({name}: the entry's key)
     families: tuple[str, ...] = ()           # params.yaml values naming the built-in modules the stage runs
     state: bool = False                      # gets `state_dir`: a folder for checkpoints outside DVC's outputs
+    entry_deps: tuple[tuple[str, str], ...] = ()   # (params.yaml mapping, path of a file each of its entries makes): deps
     times: str = "artifacts/stage_times/{tag}.json"   # where the runner records the stage's wall time
 
 _RUN_READS = ("seed", "preset", "plugins", "evaluate.benchmarks")
@@ -157,7 +158,9 @@ STAGES = {
     "train_fr": Stage("train_fr", "fr_runs", "run", _RUN_READS, (("out_dir", "artifacts/train_fr/{name}"),), state=True),
     "train_fr_with_teacher": Stage("train_fr", "fr_runs_with_teacher", "run", _RUN_READS,
                                    (("out_dir", "artifacts/train_fr/{name}"),), state=True),
-    "evaluate": Stage("evaluate", reads=("evaluate",), paths=(("out_dir", "artifacts/evaluate"),)),
+    "evaluate": Stage("evaluate", reads=("evaluate",), paths=(("out_dir", "artifacts/evaluate"),),
+                      entry_deps=(("fr_runs", "artifacts/train_fr/{name}/model.pt"),
+                                  ("fr_runs_with_teacher", "artifacts/train_fr/{name}/model.pt"))),   # the models, not the runs' logs
     "audit": Stage("audit", reads=("seed", "audit"), paths=(("out_dir", "artifacts/audit"),)),
     "report": Stage("report", paths=(("evaluate_dir", "artifacts/evaluate"), ("audit_dir", "artifacts/audit"),
                                      ("times_dir", "artifacts/stage_times"), ("out_dir", "artifacts/report")),
@@ -253,6 +256,11 @@ def module_closure(modules: Iterable[str], package_dir: str | Path = "synthface_
         seen.add(m); todo += module_imports(f, package)
     return sorted(f"{package}/{m.split('.', 1)[1].replace('.', '/')}.py" for m in seen)
 
+def stage_entry_deps(stage: str, params: dict) -> list[str]:
+    "The files made by the entries of other stages that `stage` reads (`Stage.entry_deps`), sorted"
+    return sorted({template.format(name=name) for group, template in STAGES[stage].entry_deps
+                   for name in (params.get(group) or {})})
+
 def stage_module_deps(stage: str, params: dict, notebooks_dir: str | Path = "nbs/stages",
                       package_dir: str | Path = "synthface_nb") -> list[str]:
     "The package files stage `stage` executes: its notebook's imports, its built-in recipes, their closure"
@@ -271,7 +279,7 @@ def _stage_of(cmd: str) -> str | None:
 def sync_dvc_deps(dvc_path: str | Path = "dvc.yaml", params_path: str | Path = "params.yaml",
                   notebooks_dir: str | Path = "nbs/stages", package_dir: str | Path = "synthface_nb",
                   check: bool = False) -> dict[str, tuple[list, list]]:
-    "Set the package-module deps of every stage in `dvc_path` to its import closure; returns {stage: (old, new)}"
+    "Set every stage's package-module deps in `dvc_path` to its import closure, and its entry deps; returns {stage: (old, new)}"
     from ruamel.yaml import YAML
     dvc_path, rt = Path(dvc_path), YAML()
     rt.preserve_quotes, rt.width = True, 4096
@@ -281,14 +289,18 @@ def sync_dvc_deps(dvc_path: str | Path = "dvc.yaml", params_path: str | Path = "
         body = st.get("do", st)
         stage = _stage_of(body["cmd"])
         if stage is None: continue
-        want = stage_module_deps(stage, params, notebooks_dir, package_dir)
         deps = body.setdefault("deps", [])
-        old = [d for d in deps if isinstance(d, str) and d.startswith(prefix)]
-        if old == want: continue
-        changed[name] = (old, want)
-        at = next((i for i, d in enumerate(deps) if isinstance(d, str) and d.startswith(prefix)), min(1, len(deps)))
-        rest = [d for d in deps if not (isinstance(d, str) and d.startswith(prefix))]
-        deps[:] = rest[:at] + want + rest[at:]
+        roots = {t.split("{name}")[0].rstrip("/") for _, t in STAGES[stage].entry_deps}
+        owned = [(lambda d: d.startswith(prefix), stage_module_deps(stage, params, notebooks_dir, package_dir), min(1, len(deps)))]
+        if roots: owned.append((lambda d: any(d == r or d.startswith(r + "/") for r in roots), stage_entry_deps(stage, params), None))
+        for mine, want, first in owned:   # first: where a list that is not there yet goes (None: last)
+            old = [d for d in deps if isinstance(d, str) and mine(d)]
+            if old == want: continue
+            o, w = changed.get(name, ([], []))
+            changed[name] = (o + old, w + want)
+            rest = [d for d in deps if not (isinstance(d, str) and mine(d))]
+            at = next((i for i, d in enumerate(deps) if isinstance(d, str) and mine(d)), len(rest) if first is None else first)
+            deps[:] = rest[:at] + want + rest[at:]
     if changed and not check:
         buf = io.StringIO(); rt.dump(doc, buf)
         write_text_atomic(dvc_path, buf.getvalue())

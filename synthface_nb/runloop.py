@@ -16,10 +16,10 @@ from .core import load_checkpoint, resolve_device, write_json_atomic, write_text
 
 # %% auto #0
 __all__ = ['RESUME_MAY_CHANGE', 'RESUME_MAY_EXTEND', 'COMPILE_AUTO', 'flat_settings', 'run_identity', 'check_resume',
-           'load_resume', 'check_length', 'RunLog', 'code_digest', 'prepare_state_dir', 'copy_atomic', 'progress_bar',
-           'set_numerics', 'run_environment', 'check_accelerator', 'resolve_compile', 'compile_problem',
-           'maybe_compile', 'eager_forward', 'in_launched_process', 'launch', 'main', 'choose_num_threads',
-           'usable_cores', 'busy_elsewhere', 'apply_num_threads']
+           'load_resume', 'check_length', 'RunLog', 'code_digest', 'prepare_state_dir', 'copy_atomic',
+           'copy_run_outputs', 'progress_bar', 'set_numerics', 'run_environment', 'check_accelerator',
+           'resolve_compile', 'compile_problem', 'maybe_compile', 'eager_forward', 'in_launched_process', 'launch',
+           'main', 'choose_num_threads', 'usable_cores', 'busy_elsewhere', 'apply_num_threads']
 
 # %% ../nbs/06a_runloop.ipynb #d11522bf
 RESUME_MAY_CHANGE = ("num_workers", "num_threads", "log_every", "checkpoint_every", "eval_every", "eval_at_end", "snapshot_kimg",
@@ -128,6 +128,18 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     from synthface_nb.core import atomic_write
     with open(src, "rb") as fi, atomic_write(dst, "wb") as fo: shutil.copyfileobj(fi, fo, 1 << 20)
     return Path(dst)
+
+def copy_run_outputs(state_dir: str | Path, outputs: dict) -> None:
+    "Copy the named files and folders of a finished run from `state_dir` to each destination of `outputs` {folder: names}"
+    from synthface_nb.core import atomic_dir
+    state_dir = Path(state_dir)
+    for dst, names in outputs.items():
+        if Path(dst) == state_dir: continue
+        for name in names:
+            src = state_dir/name
+            if src.is_dir():
+                with atomic_dir(Path(dst)/name) as tmp: shutil.copytree(src, tmp, dirs_exist_ok=True)
+            elif src.exists(): copy_atomic(src, Path(dst)/name)
 
 # %% ../nbs/06a_runloop.ipynb #2fbf1e1d
 def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True):

@@ -28,7 +28,7 @@ __all__ = ['train_sface_gan', 'sface_generate_defaults', 'generate_sface', 'gene
 # %% ../nbs/26_sface.ipynb #3cdd328b
 def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed: int = 0, progress: bool = True,
                     state_dir: str | Path | None = None, preset: str = "cpu") -> dict:
-    "Train SFace's class-conditional StyleGAN2-ADA on `data` (one class per identity): `out_dir/model`, metrics, live logs"
+    "Train SFace's class-conditional StyleGAN2-ADA on `data` (one class per identity): `out_dir/model`, `out_dir/run`, metrics, live logs"
     out_dir, s = Path(out_dir), settings
     apply_num_threads(s["num_threads"])   # 0: the thread policy (runloop), a number: exactly that many
     dev = check_accelerator(preset, s["device"])
@@ -39,7 +39,8 @@ def train_sface_gan(data: str | Path, out_dir: str | Path, settings: dict, seed:
                          epochs=s["probe_epochs"], seed=seed, device=dev)
     result = train_stylegan2(config, ds, out_dir/"model", seed=seed, device=dev, resume="auto", snapshot_kimg=s["snapshot_kimg"],
                              on_snapshot=score, num_workers=s["num_workers"], progress=progress,
-                             state_dir=state_dir, live_dir=out_dir/"live", compile=s["compile"])
+                             state_dir=state_dir or out_dir/"run", live_dir=out_dir/"live", run_dir=out_dir/"run",
+                             compile=s["compile"])
     summary = {**summarize_history(result["history"]), "num_classes": ds.num_classes, "chance": 1 / ds.num_classes,
                "environment": result["environment"]}
     if dist_info().is_main: write_json_atomic(out_dir/"metrics.json", summary)   # under torchrun every rank trains; one writes

@@ -25,14 +25,14 @@ from .stylegan2 import (Generator, StyleGAN2FaceGenerator, build_discriminators,
                                     generator_checkpoint, stylegan2_config)
 from .ada_augment import AdaController, build_augment_pipe
 from .pipeline import deep_merge, resolve_preset
-from .runloop import (RunLog, check_length, copy_atomic, eager_forward, load_resume, maybe_compile, progress_bar,
+from .runloop import (RunLog, check_length, copy_run_outputs, eager_forward, load_resume, maybe_compile, progress_bar,
                                   run_environment, run_identity, set_numerics)
 
 # %% auto #0
-__all__ = ['auto_config', 'stylegan2_defaults', 'training_config', 'training_preset', 'r1_penalty', 'path_length_penalty',
-           'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'ema_update', 'TrainingState', 'build_training_state',
-           'load_training_state', 'training_step', 'snapshot_grid', 'train_stylegan2', 'write_dvclive',
-           'summarize_history', 'plot_training']
+__all__ = ['MODEL_FILES', 'RUN_FILES', 'auto_config', 'stylegan2_defaults', 'training_config', 'training_preset', 'r1_penalty',
+           'path_length_penalty', 'StyleGAN2Loss', 'lazy_adam', 'ema_beta', 'ema_update', 'TrainingState',
+           'build_training_state', 'load_training_state', 'training_step', 'snapshot_grid', 'train_stylegan2',
+           'write_dvclive', 'summarize_history', 'plot_training']
 
 # %% ../nbs/23_stylegan2_training.ipynb #d5c579f4
 def auto_config(resolution: int, c_dim: int, gpus: int = 1, batch: int | None = None, **network_overrides) -> dict:
@@ -334,17 +334,18 @@ def snapshot_grid(G_ema: Generator, conditioning, rows: int = 8, cols: int = 8, 
     return image_grid(to_uint8_images(imgs), ncols=cols)
 
 # %% ../nbs/23_stylegan2_training.ipynb #a469c180
-_OUTPUT_FILES = ("training-state.pt", "generator.pt", "log.jsonl")
+MODEL_FILES, RUN_FILES = ("generator.pt", "grids"), ("training-state.pt", "log.jsonl")   # to out_dir, to run_dir
 
 def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, seed: int = 0,
                     device: str | torch.device = "cpu", condition_fn: Callable | None = None, resume: bool | str = True,
                     snapshot_kimg: float = 4.0, log_every: int = 10, max_steps: int | None = None,
                     on_snapshot: Callable[[Generator, int], dict] | None = None, num_workers: int = 0,
                     cache: bool | None = None, progress: bool = True, state_dir: str | Path | None = None,
-                    live_dir: str | Path | None = None, compile: str | bool = "auto") -> dict:
+                    live_dir: str | Path | None = None, run_dir: str | Path | None = None, compile: str | bool = "auto") -> dict:
     "Train StyleGAN2-ADA on `dataset` for config['total_kimg'] (or `max_steps` this call), resuming from `state_dir` (default `out_dir`)"
     out_dir, device = Path(out_dir), torch.device(device)
     state_dir = Path(state_dir) if state_dir is not None else out_dir
+    run_dir = Path(run_dir) if run_dir is not None else out_dir   # the finished run's training state and log
     info = dist_info()
     set_numerics(device)
     res = config["networks"]["G"]["img_resolution"]
@@ -411,11 +412,7 @@ def train_stylegan2(config: dict, dataset: FaceDataset, out_dir: str | Path, see
     bar.close()
     log.close()
     done = state.step >= total_steps
-    if done and info.is_main and state_dir != out_dir:   # the outputs: copies of the finished run's files
-        for name in _OUTPUT_FILES:
-            if (state_dir / name).exists(): copy_atomic(state_dir / name, out_dir / name)
-        if (out_dir / "grids").exists(): shutil.rmtree(out_dir / "grids")
-        shutil.copytree(state_dir / "grids", out_dir / "grids")
+    if done and info.is_main: copy_run_outputs(state_dir, {out_dir: MODEL_FILES, run_dir: RUN_FILES})   # the outputs: copies of the finished run's files
     barrier()  # rank 0's last checkpoint is on disk before any rank returns (and, say, resumes from it)
     return {"step": state.step, "kimg": state.cur_nimg / 1000, "done": done, "history": log.history,
             "augment_p": float(state.augment_pipe.p) if state.augment_pipe is not None else None,

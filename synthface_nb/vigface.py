@@ -141,7 +141,7 @@ CONDITION_MODEL_FILE = "condition_model.pt"   # the stage-1 FR model, beside the
 
 def train_vigface_diffusion(data: str | Path, out_dir: str | Path, settings: dict, seed: int = 0, progress: bool = True,
                             state_dir: str | Path | None = None, preset: str = "cpu", teacher: str | Path | None = None) -> dict:
-    "VIGFace stage 2 on faces `data` with stage-1 model `teacher`: `out_dir/model/generator.pt`, metrics, live logs"
+    "VIGFace stage 2 on faces `data` with stage-1 model `teacher`: `out_dir/model/generator.pt`, `out_dir/run`, metrics, live logs"
     out_dir, s = Path(out_dir), settings
     if not teacher:
         raise ValueError("vigface: the diffusion model is conditioned on the prototypes of a stage-1 FR model (objective "
@@ -158,7 +158,7 @@ def train_vigface_diffusion(data: str | Path, out_dir: str | Path, settings: dic
     fr = load_fr_model(teacher, device=dev)
     result = train_diffusion(config, ds, lambda idx: conditioning.table[labels[torch.as_tensor(np.asarray(idx))]],
                              lambda idx: torch.as_tensor(landmarks[np.asarray(idx)]), out_dir/"model", seed=seed, device=dev,
-                             resume="auto", state_dir=state_dir, live_dir=out_dir/"live", progress=progress,
+                             resume="auto", state_dir=state_dir or out_dir/"run", live_dir=out_dir/"live", run_dir=out_dir/"run", progress=progress,
                              identity_fn=identity_embedding_fn(fr) if s["identity_weight"] else None,
                              on_snapshot=prototype_probe(fr, conditioning, landmarks, config, s["probe_identities"],
                                                          s["probe_sampling"], dev),

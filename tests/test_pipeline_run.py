@@ -97,8 +97,10 @@ TINY_FR = {"network": "iresnet18", "width": 0.125, "input_size": 32, "embedding_
 
 def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo):
     """A toy objective and a toy generator recipe in a module outside the package, declared in params.yaml only
-    (no edit of dvc.yaml, a stage notebook or the package): `dvc repro` trains, generates, aligns, trains FR with
-    and without a teacher, evaluates, audits and reports them."""
+    (no edit of a stage notebook or the package; dvc.yaml changes only by `pipeline deps`, which lists evaluate's
+    models): `dvc repro` trains, generates, aligns, trains FR with and without a teacher, evaluates, audits and
+    reports them. A training stage forced to run again from scratch re-makes the same model, so nothing after it
+    re-runs but the report, whose stage-time table reads the new wall time."""
     import yaml
     repo, env = scratch_repo
     env = {**env, "PYTHONPATH": str(repo)}
@@ -106,6 +108,7 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
         _run([BIN / "dvc", "pull", "-q", "data.dvc"], repo, env)
     (repo / "toy_method.py").write_text(TOY_METHOD)
     before = {p: (repo / p).read_bytes() for p in ("dvc.yaml", "nbs/stages/train_fr.ipynb", "nbs/stages/generate.ipynb")}
+    stages_before = yaml.safe_load(before["dvc.yaml"])["stages"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params.update(
         plugins=["toy_method"],
@@ -121,6 +124,16 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
     params["audit"].update(model="artifacts/train_fr/toy_spread/model.pt", reference_model="artifacts/train_fr/toy_kt/model.pt",
                            top_k=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([BIN / "python", "-m", "synthface_nb.pipeline", "deps"], repo, env)   # what `make run` does first
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    fr_deps = lambda st: [d for d in st["evaluate"]["deps"] if d.startswith("artifacts/train_fr")]
+    assert fr_deps(stages) == ["artifacts/train_fr/toy_kt/model.pt", "artifacts/train_fr/toy_spread/model.pt"], fr_deps(stages)
+    for st in (stages, stages_before):   # what the command keeps: evaluate's models, and the module closures (the
+        for name, stage in st.items():   # built-in recipes named in params.yaml are not the shipped ones here)
+            body = stage.get("do", stage)
+            body["deps"] = [d for d in body["deps"] if not d.startswith(("artifacts/train_fr", "synthface_nb/"))]
+    assert stages == stages_before, "pipeline deps changes nothing but the lists it keeps"
+    before["dvc.yaml"] = (repo / "dvc.yaml").read_bytes()
     out = _run([BIN / "dvc", "repro"], repo, env)
     for stage in ("train_generator@toy", "generate@toy", "align@toy", "train_fr@toy_spread", "train_fr_with_teacher@toy_kt",
                   "evaluate", "audit", "report"):
@@ -140,3 +153,12 @@ def test_a_new_method_runs_through_dvc_repro_from_params_yaml_alone(scratch_repo
     assert {p: (repo / p).read_bytes() for p in before} == before
     again = _run([BIN / "dvc", "status"], repo, env)
     assert "up to date" in again, again
+    import shutil
+    shutil.rmtree(repo / "state" / "train_fr_toy_spread")             # a forced re-run from scratch
+    model = (repo / "artifacts" / "train_fr" / "toy_spread" / "model.pt").read_bytes()
+    _run([BIN / "dvc", "repro", "-f", "-s", "train_fr@toy_spread"], repo, env)
+    _run([BIN / "dvc", "repro", "-f", "-s", "train_generator@toy"], repo, env)   # its model/ is read by generate@toy
+    assert (repo / "artifacts" / "train_fr" / "toy_spread" / "model.pt").read_bytes() == model
+    status = _run([BIN / "dvc", "status"], repo, env)
+    stale = [l[:-1] for l in status.splitlines() if l.endswith(":") and not l[0].isspace()]
+    assert stale == ["report"], status   # not generate, toy_kt (its teacher), evaluate or audit: only the stage times

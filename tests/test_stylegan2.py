@@ -100,7 +100,7 @@ def test_torchrun_training_resumes_exactly(tmp_path):
     assert (a["ada"], a["pl_mean"]) == (b["ada"], b["pl_mean"])
     read = lambda d: [{k: v for k, v in json.loads(l).items() if k != "img_per_s"} for l in (d / "log.jsonl").read_text().splitlines()]
     assert read(tmp_path / "straight") == read(tmp_path / "resumed")
-    cli = load_checkpoint(tmp_path / "cli" / "model" / "training-state.pt")["config"]
+    cli = load_checkpoint(tmp_path / "cli" / "run" / "training-state.pt")["config"]
     assert cli["batch_size"] == 4 and cli["networks"]["D"]["rgb"]["mbstd_group_size"] == 2  # min(4 // 2 ranks, 4)
 
 
