@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, report, section  # noqa: E402
+from common import best_time, cpu_gan_step, report, section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = "goal >= 80"
@@ -76,25 +76,18 @@ def fr_stages() -> None:
 
 
 def gan_stage() -> None:
-    from synthface_nb.stylegan2_training import build_training_state, training_preset, training_step
     m = _json(ROOT/"artifacts/generators/sface/metrics.json")
     times = _json(ROOT/"artifacts/stage_times/train_generator_sface.json")
     if m is None or times is None: return
-    cfg = training_preset("cpu", int(m["num_classes"]))
-    st = build_training_state(cfg, seed=0)
-    n, res, interval = cfg["batch_size"], cfg["networks"]["G"]["img_resolution"], int(cfg["D_reg_interval"])
+    cfg, step = cpu_gan_step(int(m["num_classes"]))
+    n, interval = cfg["batch_size"], int(cfg["D_reg_interval"])
     if cfg["loss"]["pl_weight"]: raise NotImplementedError("the cpu preset has no path-length phase; average Greg in too")
-    real = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8)
-    cond = lambda idx: torch.nn.functional.one_hot(torch.as_tensor(idx) % m["num_classes"], m["num_classes"]).float()
-    idx = torch.arange(n).numpy()
     before = torch.get_num_threads()
     torch.set_num_threads(m["environment"]["threads"])
     try:
-        training_step(st, cfg, real, idx, cond, 100, seed=0)   # step 0 runs every phase: warm-up
-        st.step = 1
-        plain = best_time(lambda: training_step(st, cfg, real, idx, cond, 100, seed=0), repeats=4, warmup=0)
-        st.step = interval
-        t = time.perf_counter(); training_step(st, cfg, real, idx, cond, 100, seed=0); with_r1 = time.perf_counter() - t
+        step(0)   # step 0 runs every phase: warm-up
+        plain = best_time(lambda: step(1), repeats=4, warmup=0)
+        t = time.perf_counter(); step(interval); with_r1 = time.perf_counter() - t
     finally: torch.set_num_threads(before)
     step_ips = n * interval / (plain * (interval - 1) + with_r1)
     stage_ips = m["kimg"] * 1000 / times["seconds"]

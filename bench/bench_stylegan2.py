@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, efficiency, matmul_gflops, report, section  # noqa: E402
+from common import best_time, cpu_gan_step, efficiency, matmul_gflops, report, section  # noqa: E402
 
 from synthface_nb.stylegan2 import StyleGAN2FaceGenerator, build_generator  # noqa: E402
 from synthface_nb.stylegan2_training import training_preset  # noqa: E402
@@ -109,16 +109,8 @@ def _conv_calls(fn) -> int:
 
 
 def _training_step(rounds: int = 4) -> None:
-    from synthface_nb.stylegan2_training import build_training_state, training_step
-    cfg = training_preset("cpu", 10)
-    st = build_training_state(cfg, seed=0)
+    cfg, step = cpu_gan_step(10)
     n, interval = cfg["batch_size"], cfg["D_reg_interval"]
-    real = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-    cond = lambda idx: torch.nn.functional.one_hot(torch.as_tensor(idx) % 10, 10).float()
-    idx = torch.arange(n).numpy()
-
-    def step(s: int):
-        st.step = s; training_step(st, cfg, real, idx, cond, 100, seed=0)
     step(0)  # runs all four phases; warm-up
     flops = {}
     for s in (1, interval):

@@ -17,21 +17,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
 _WORKER = """
-import json, statistics, sys, time, torch
+import json, statistics, sys, time
 from synthface_nb.runloop import apply_num_threads
-from synthface_nb.stylegan2_training import build_training_state, training_preset, training_step
+sys.path.insert(0, sys.argv[3])   # bench/
+from common import cpu_gan_step
 mode, steps = sys.argv[1], int(sys.argv[2])
 choice = apply_num_threads("auto" if mode == "policy" else 2)
-cfg = training_preset("cpu", 10)
-st = build_training_state(cfg, seed=0)
-n = cfg["batch_size"]
-real = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-cond = lambda idx: torch.nn.functional.one_hot(torch.as_tensor(idx) % 10, 10).float()
-idx = torch.arange(n).numpy()
-st.step = 0; training_step(st, cfg, real, idx, cond, 100, seed=0)  # warm-up (all phases)
+cfg, step = cpu_gan_step(10)
+step(0)  # warm-up (all phases)
 times = []
 for _ in range(steps):
-    st.step = 1; t = time.perf_counter(); training_step(st, cfg, real, idx, cond, 100, seed=0)
+    t = time.perf_counter(); step(1)
     times.append(time.perf_counter() - t)
 print(json.dumps({"median_s": statistics.median(times), "choice": choice}))
 """
@@ -63,7 +59,7 @@ def _step(mode: str, env: dict, steps: int, competitor_threads: int) -> dict:
         comp = subprocess.Popen([sys.executable, "-c", _COMPETITOR, str(competitor_threads)], env=base)
         time.sleep(1.0)  # busy before the worker reads the load
     try:
-        out = subprocess.run([sys.executable, "-c", _WORKER, mode, str(steps)], env={**base, **env},
+        out = subprocess.run([sys.executable, "-c", _WORKER, mode, str(steps), str(Path(__file__).parent)], env={**base, **env},
                              capture_output=True, text=True, check=True)
     finally:
         if comp is not None: comp.kill(); comp.wait()

@@ -58,3 +58,20 @@ def section(title: str):
     "Print a heading naming the torch version and thread count for the figures reported inside the block"
     print(f"\n== {title} (torch {torch.__version__}, {torch.get_num_threads()} threads)", flush=True)
     yield
+
+
+def cpu_gan_step(num_classes: int = 10):
+    "The cpu preset's StyleGAN2-ADA training on a fixed random batch: (config, step), `step(s)` runs step number `s` (its phases follow `s`)"
+    import numpy as np
+    from synthface_nb.stylegan2_training import build_training_state, training_preset, training_step
+    cfg = training_preset("cpu", num_classes)
+    st = build_training_state(cfg, seed=0)
+    n, res = cfg["batch_size"], cfg["networks"]["G"]["img_resolution"]
+    real = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8)
+    cond = lambda idx: torch.nn.functional.one_hot(torch.as_tensor(idx) % num_classes, num_classes).float()
+    idx = np.arange(n)
+
+    def step(s: int) -> None:
+        st.step = s
+        training_step(st, cfg, real, idx, cond, 100, seed=0)
+    return cfg, step
